@@ -1,0 +1,182 @@
+"""Atomic file writes, the run-directory layout, and provenance.
+
+Every file vitscope writes goes to a temporary file in the same folder first and is then
+renamed over the target, so a killed process never leaves a half-written result behind.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterable
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .errors import VitscopeError
+
+
+@contextmanager
+def _atomic_path(path: str | Path):
+    """Yield a temp path next to ``path``; rename it over ``path`` only on success."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write(path: str | Path, writer: Callable[[Path], Any]) -> Path:
+    """Call ``writer(tmp_path)`` and atomically move the result to ``path``."""
+    with _atomic_path(path) as tmp:
+        writer(tmp)
+    return Path(path)
+
+
+def atomic_write_text(path: str | Path, text: str) -> Path:
+    return atomic_write(path, lambda p: p.write_text(text))
+
+
+def atomic_write_json(path: str | Path, obj: Any) -> Path:
+    return atomic_write_text(path, json.dumps(obj, indent=2, default=_json_default) + "\n")
+
+
+def atomic_torch_save(obj: Any, path: str | Path) -> Path:
+    import torch
+
+    return atomic_write(path, lambda p: torch.save(obj, p))
+
+
+def _json_default(o: Any) -> Any:
+    if hasattr(o, "tolist"):
+        return o.tolist()
+    if isinstance(o, Path):
+        return str(o)
+    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+
+def read_jsonl(path: str | Path) -> list[dict]:
+    """Read a JSON-lines file, ignoring a torn last line left by a kill."""
+    p = Path(path)
+    if not p.exists():
+        return []
+    rows = []
+    for line in p.read_text().splitlines():
+        if not line.strip():
+            continue
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            break  # a torn final line; everything before it is intact
+    return rows
+
+
+def write_jsonl(path: str | Path, rows: Iterable[dict]) -> Path:
+    text = "".join(json.dumps(r, default=_json_default) + "\n" for r in rows)
+    return atomic_write_text(path, text)
+
+
+def append_jsonl(path: str | Path, row: dict) -> None:
+    """Append one line and fsync it (metrics survive a kill -9 right after)."""
+    with open(path, "a") as f:
+        f.write(json.dumps(row, default=_json_default) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+@dataclass(frozen=True)
+class RunDir:
+    """The layout of one run directory (DESIGN.md)."""
+
+    root: Path
+
+    @property
+    def config(self) -> Path:
+        return self.root / "config.yaml"
+
+    @property
+    def metrics(self) -> Path:
+        return self.root / "metrics.jsonl"
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.root / "checkpoints"
+
+    @property
+    def results(self) -> Path:
+        return self.root / "results"
+
+    @property
+    def figures(self) -> Path:
+        return self.root / "figures"
+
+    @property
+    def subset(self) -> Path:
+        return self.root / "subset_indices.json"
+
+    @property
+    def provenance(self) -> Path:
+        return self.root / "provenance.json"
+
+    def checkpoint(self, name: str) -> Path:
+        """``best``, ``last``, ``init``, ``warmup``, ``epochN`` or a path to a ``.pt`` file."""
+        if name.endswith(".pt"):
+            return Path(name)
+        return self.checkpoints / f"{name}.pt"
+
+    def make(self) -> RunDir:
+        for d in (self.root, self.checkpoints, self.results, self.figures):
+            d.mkdir(parents=True, exist_ok=True)
+        return self
+
+    @classmethod
+    def existing(cls, path: str | Path) -> RunDir:
+        """A run directory that must already hold a ``config.yaml``."""
+        rd = cls(Path(path))
+        if not rd.config.is_file():
+            raise VitscopeError(f"{rd.root} is not a vitscope run directory (no config.yaml)")
+        return rd
+
+
+def git_hash() -> str | None:
+    """The git commit of the vitscope source tree, if it is a checkout."""
+    here = Path(__file__).resolve().parent
+    try:
+        out = subprocess.run(
+            ["git", "-C", str(here), "rev-parse", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None if out.returncode == 0 else None
+
+
+def provenance(**extra: Any) -> dict:
+    """Who made a result: package and torch versions, git hash, command line, time."""
+    import torch
+
+    from . import __version__
+
+    return {
+        "vitscope_version": __version__,
+        "git_hash": git_hash(),
+        "torch_version": torch.__version__,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "command": " ".join(sys.argv),
+        "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        **extra,
+    }
