@@ -1,0 +1,244 @@
+"""BatchAugment: shapes, soft targets, Mixup/CutMix structure, determinism, and RandAugment
+ops checked against PIL (the reference timm's RandAugment runs on)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from vitscope.data import BatchAugment, normalize, rand_augment, soft_cross_entropy
+from vitscope.data.augment import RAND_OPS, _affine, random_crop, random_hflip, smooth_one_hot
+from vitscope.errors import ConfigError, VitscopeError
+
+FM = dict(mean=(0.2860,), std=(0.3530,), num_classes=10)
+C10 = dict(mean=(0.4914, 0.4822, 0.4465), std=(0.2023, 0.1994, 0.2010), num_classes=10)
+PAPER = dict(randaugment=True, mixup_alpha=1.0, cutmix_alpha=0.8, label_smoothing=0.1)
+
+
+def _batch(b=16, c=1, h=28, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randint(0, 256, (b, c, h, h), dtype=torch.uint8, generator=g)
+    return x, torch.arange(b) % 10
+
+
+def test_normalize_values():
+    x = torch.tensor([0, 51, 255], dtype=torch.uint8).view(1, 3, 1, 1)
+    out = normalize(x, (0.2, 0.2, 0.5), (0.5, 0.1, 0.25))
+    expected = torch.tensor([(0 - 0.2) / 0.5, (0.2 - 0.2) / 0.1, (1 - 0.5) / 0.25])
+    assert out.dtype == torch.float32 and torch.allclose(out.flatten(), expected, atol=1e-6)
+    with pytest.raises(ConfigError):
+        normalize(x, (0.1, 0.2), (0.3, 0.4))
+
+
+@pytest.mark.parametrize("kw", [FM, C10])
+@pytest.mark.parametrize("extra", [{}, PAPER], ids=["crop-flip", "paper"])
+def test_shapes_dtype_and_targets_sum_to_one(kw, extra):
+    x, y = _batch(c=len(kw["mean"]), h=28 if len(kw["mean"]) == 1 else 32)
+    out, t = BatchAugment(**kw, **extra)(x, y)
+    assert out.shape == x.shape and out.dtype == torch.float32 and torch.isfinite(out).all()
+    assert t.shape == (len(y), 10) and t.dtype == torch.float32
+    assert torch.allclose(t.sum(1), torch.ones(len(y)))
+
+
+def test_no_augmentation_is_normalisation():
+    x, y = _batch(c=3, h=32)
+    aug = BatchAugment(**C10, crop_padding=0, hflip=False)
+    out, t = aug(x, y)
+    assert torch.equal(out, normalize(x, C10["mean"], C10["std"]))
+    assert torch.equal(t, F.one_hot(y, 10).float())
+
+
+def test_label_smoothing_values_are_exact():
+    x, y = _batch()
+    _, t = BatchAugment(**FM, label_smoothing=0.1)(x, y)
+    on, off = 1 - 0.1 + 0.1 / 10, 0.1 / 10  # 0.91, 0.01 as timm
+    expected = torch.full_like(t, off).scatter_(1, y[:, None], on)
+    assert torch.equal(t, expected)
+
+
+def test_mixup_targets_are_one_convex_combination():
+    x, y = _batch(b=8)
+    y = torch.tensor([0, 1, 2, 3, 4, 5, 6, 7])
+    torch.manual_seed(3)
+    out, t = BatchAugment(**FM, crop_padding=0, hflip=False, mixup_alpha=1.0)(x, y)
+    Y = F.one_hot(y, 10).float()
+    lam = t[0, 0].item()  # row 0 mixes class 0 (weight lam) with class 7 (1 - lam)
+    assert 0 < lam < 1 and t[0, 7].item() == pytest.approx(1 - lam, abs=1e-6)
+    assert torch.allclose(t, lam * Y + (1 - lam) * Y.flip(0), atol=1e-6)
+    xn = normalize(x, FM["mean"], FM["std"])
+    assert torch.allclose(out, lam * xn + (1 - lam) * xn.flip(0), atol=1e-5)
+
+
+def test_cutmix_box_and_corrected_lambda():
+    x, y = _batch(b=8, h=32)
+    y = torch.arange(8)
+    torch.manual_seed(5)
+    out, t = BatchAugment(**FM, crop_padding=0, hflip=False, cutmix_alpha=1.0)(x, y)
+    xn = normalize(x, FM["mean"], FM["std"])
+    from_other = ~torch.isclose(out, xn)  # pixels pasted from the flipped batch
+    assert torch.equal(out[from_other], xn.flip(0)[from_other])
+    pasted = from_other[0, 0].float().mean().item()  # equal images at a pixel don't count
+    lam = t[0, 0].item()
+    assert torch.allclose(t, lam * F.one_hot(y, 10) + (1 - lam) * F.one_hot(y.flip(0), 10))
+    assert pasted == pytest.approx(1 - lam, abs=0.02)
+
+
+def test_mix_prob_zero_and_switch():
+    x, y = _batch()
+    _, t = BatchAugment(**FM, mixup_alpha=1.0, cutmix_alpha=1.0, mix_prob=0.0)(x, y)
+    assert torch.equal(t, F.one_hot(y, 10).float())
+
+
+def test_random_crop_is_a_shifted_window_and_keeps_size():
+    x, _ = _batch(b=6, c=3, h=10)
+    torch.manual_seed(0)
+    out = random_crop(x, 4)
+    assert out.shape == x.shape and out.dtype == torch.uint8
+    xp = F.pad(x, (4, 4, 4, 4))
+    for i in range(len(x)):
+        windows = [xp[i, :, dy : dy + 10, dx : dx + 10] for dy in range(9) for dx in range(9)]
+        assert any(torch.equal(out[i], w) for w in windows)
+
+
+def test_random_hflip():
+    x, _ = _batch(b=64)
+    out = random_hflip(x)
+    same = (out == x).flatten(1).all(1)
+    flipped = (out == x.flip(-1)).flatten(1).all(1)
+    assert (same | flipped).all() and flipped.any() and same.any()
+
+
+def test_same_seed_same_batch():
+    x, y = _batch(c=3, h=32)
+    aug = BatchAugment(**C10, **PAPER)
+    torch.manual_seed(0)
+    a = aug(x, y)
+    torch.manual_seed(0)
+    b = aug(x, y)
+    torch.manual_seed(1)
+    c = aug(x, y)
+    assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+    assert not torch.equal(a[0], c[0])
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+@pytest.mark.parametrize("op", list(RAND_OPS))
+def test_every_randaugment_op_runs_on_1_and_3_channels(op, channels):
+    x, _ = _batch(b=4, c=channels, h=12)
+    out = rand_augment(x.float(), n=1, m=9, prob=1.0, ops=[op], fill=(128,) * channels)
+    assert out.shape == x.shape and out.dtype == torch.float32
+    assert out.min() >= 0 and out.max() <= 255 and torch.equal(out, out.round())
+
+
+def test_randaugment_1_channel_in_batch_augment():
+    x, y = _batch(b=32)
+    out, _ = BatchAugment(**FM, randaugment=True, ra_n=3)(x, y)
+    assert out.shape == x.shape and torch.isfinite(out).all()
+    with pytest.raises(ConfigError):
+        rand_augment(x.float(), ops=["Cutout"])
+
+
+# --- RandAugment ops against PIL ------------------------------------------------------
+
+LEVEL = 9.0
+
+
+def _pil_reference(name, img):
+    from PIL import Image, ImageEnhance, ImageOps
+
+    f = LEVEL / 10 * 1.8 + 0.1
+    add = int(LEVEL / 10 * 110)
+    grey = 128 if img.mode == "L" else (128, 128, 128)
+    return {
+        "AutoContrast": lambda: ImageOps.autocontrast(img),
+        "Equalize": lambda: ImageOps.equalize(img),
+        "Invert": lambda: ImageOps.invert(img),
+        "Posterize": lambda: ImageOps.posterize(img, int(LEVEL / 10 * 4)),
+        "Solarize": lambda: ImageOps.solarize(img, int(LEVEL / 10 * 256)),
+        "SolarizeAdd": lambda: img.point(
+            [min(255, i + add) if i < 128 else i for i in range(256)] * len(img.getbands())
+        ),
+        "Color": lambda: ImageEnhance.Color(img).enhance(f),
+        "Contrast": lambda: ImageEnhance.Contrast(img).enhance(f),
+        "Brightness": lambda: ImageEnhance.Brightness(img).enhance(f),
+        "Sharpness": lambda: ImageEnhance.Sharpness(img).enhance(f),
+        "Rotate": lambda: img.rotate(LEVEL / 10 * 30, resample=Image.BILINEAR, fillcolor=grey),
+        "ShearX": lambda: img.transform(
+            img.size,
+            Image.AFFINE,
+            (1, LEVEL / 10 * 0.3, 0, 0, 1, 0),
+            Image.BILINEAR,
+            fillcolor=grey,
+        ),
+        "ShearY": lambda: img.transform(
+            img.size,
+            Image.AFFINE,
+            (1, 0, 0, LEVEL / 10 * 0.3, 1, 0),
+            Image.BILINEAR,
+            fillcolor=grey,
+        ),
+        "TranslateXRel": lambda: img.transform(
+            img.size,
+            Image.AFFINE,
+            (1, 0, 0.45 * 0.9 * img.size[0], 0, 1, 0),
+            Image.BILINEAR,
+            fillcolor=grey,
+        ),
+        "TranslateYRel": lambda: img.transform(
+            img.size,
+            Image.AFFINE,
+            (1, 0, 0, 0, 1, 0.45 * 0.9 * img.size[1]),
+            Image.BILINEAR,
+            fillcolor=grey,
+        ),
+    }[name]()
+
+
+@pytest.mark.parametrize("mode", ["RGB", "L"])
+@pytest.mark.parametrize("op", list(RAND_OPS))
+def test_randaugment_ops_match_pil(op, mode):
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    small = rng.integers(0, 256, (12, 15, 3), dtype=np.uint8)  # smooth it so bilinear is tame
+    img = Image.fromarray(small).resize((30, 24), Image.BILINEAR).convert(mode)
+    arr = np.asarray(img).astype(np.float32).reshape(24, 30, -1)
+    x = torch.from_numpy(arr).permute(2, 0, 1)[None].contiguous()
+    ref = np.asarray(_pil_reference(op, img)).astype(np.float32).reshape(24, 30, -1)
+    level, sign = torch.tensor([LEVEL]), torch.tensor([1.0])
+    if op in ("Rotate", "ShearX", "ShearY", "TranslateXRel", "TranslateYRel"):
+        out = _affine(x, RAND_OPS[op](level, sign, 24, 30), torch.full((x.shape[1],), 128.0))
+    else:
+        out = RAND_OPS[op](x, level)
+    diff = np.abs(out[0].permute(1, 2, 0).numpy() - ref)
+    if op in ("Rotate", "ShearX", "ShearY", "TranslateXRel", "TranslateYRel"):
+        # Same geometry; PIL and grid_sample differ only in edge handling and rounding.
+        assert diff.mean() < 1.5, diff.mean()
+    else:
+        assert diff.max() <= 1, diff.max()
+
+
+# --- loss and validation ----------------------------------------------------------------
+
+
+def test_soft_cross_entropy_matches_torch():
+    g = torch.Generator().manual_seed(0)
+    logits, y = torch.randn(8, 5, generator=g), torch.randint(0, 5, (8,), generator=g)
+    assert torch.allclose(
+        soft_cross_entropy(logits, F.one_hot(y, 5).float()), F.cross_entropy(logits, y)
+    )
+    smoothed = soft_cross_entropy(logits, smooth_one_hot(y, 5, 0.1))
+    assert torch.allclose(smoothed, F.cross_entropy(logits, y, label_smoothing=0.1))
+
+
+def test_bad_arguments():
+    with pytest.raises(ConfigError):
+        BatchAugment(mean=(0.5,), std=(0.5, 0.5), num_classes=10)
+    with pytest.raises(ConfigError):
+        BatchAugment(**FM, mix_prob=1.5)
+    with pytest.raises(ConfigError):
+        BatchAugment(**FM, mixup_alpha=-1)
+    with pytest.raises(VitscopeError):
+        BatchAugment(**FM)(torch.zeros(2, 1, 8, 8), torch.zeros(2, dtype=torch.long))
