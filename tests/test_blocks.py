@@ -1,0 +1,184 @@
+"""The block contract: units, feature maps and lesions, for our models and for a user's model."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from einops import rearrange
+from torch import nn
+
+from vitscope.errors import VitscopeError
+from vitscope.models import Block, blocks, create_model, feature_maps, list_models, replace_unit
+
+TINY = [n for n in list_models() if n.endswith("_tiny")]
+
+# One letter per unit: s=stem c=conv a=msa m=mlp p=pool h=head.
+LETTERS = {"stem": "s", "conv": "c", "msa": "a", "mlp": "m", "pool": "p", "head": "h"}
+TINY_LAYOUTS = {
+    "resnet_tiny": "scccccccch",
+    "alternet_tiny": "scccacacah",
+    "vit_tiny": "s" + "am" * 6 + "h",
+    "pit_tiny": "sampamampamh",
+    "swin_tiny": "s" + "amam" + "pamam" + "pamamh",
+}
+
+
+def layout(model: nn.Module) -> str:
+    return "".join(LETTERS[b.kind] for b in blocks(model))
+
+
+def tiny(name: str, **kw) -> nn.Module:
+    torch.manual_seed(0)
+    return create_model(name, num_classes=10, in_chans=1, img_size=28, **kw)
+
+
+@pytest.mark.parametrize("name", TINY)
+def test_tiny_layouts(name):
+    model = tiny(name)
+    assert layout(model) == TINY_LAYOUTS[name]
+    modules = dict(model.named_modules())
+    for b in blocks(model):
+        assert modules[b.name] is b.module
+    assert [b.stage for b in blocks(model)] == sorted(b.stage for b in blocks(model))
+
+
+def test_alternet_msas_override_follows_the_stage_layout():
+    # [Conv]*(n1 - 2*n2) + [Conv, MSA]*n2 per stage
+    model = create_model("alternet_tiny", num_classes=10, depths=(2, 2, 5, 2), msas=(1, 0, 2, 0))
+    assert layout(model) == "s" + "ca" + "cc" + "ccaca" + "cc" + "h"
+    assert "a" not in layout(create_model("alternet_tiny", num_classes=10, msas=(0, 0, 0, 0)))
+
+
+def test_vit_ti_gives_25_maps_with_msa_at_odd_indices():
+    model = create_model("vit_ti", num_classes=100).eval()
+    units = [b for b in blocks(model) if b.kind != "head"]
+    assert [i for i, b in enumerate(units) if b.kind == "msa"] == list(range(1, 25, 2))
+    with torch.no_grad():
+        maps = feature_maps(model, torch.randn(1, 3, 32, 32))
+    assert len(maps) == 25 and all(m.shape == (1, 192, 16, 16) for m in maps)
+
+
+def test_resnet50_gives_17_maps_downsampling_at_4_8_14():
+    model = create_model("resnet50", num_classes=100).eval()
+    units = [b for b in blocks(model) if b.kind != "head"]
+    assert len(units) == 17
+    assert [i for i, b in enumerate(units) if b.downsample] == [4, 8, 14]
+    with torch.no_grad():
+        maps = feature_maps(model, torch.randn(1, 3, 32, 32))
+    assert [m.shape[-1] for m in maps] == [32] * 4 + [16] * 4 + [8] * 6 + [4] * 3
+
+
+@pytest.mark.parametrize("name", TINY)
+def test_feature_maps_are_the_residual_stream(name):
+    model = tiny(name).eval()
+    x = torch.randn(2, 1, 28, 28)
+    *units, head = blocks(model)
+    raw = {}
+    handle = units[-1].module.register_forward_hook(lambda m, i, o: raw.setdefault("out", o))
+    with torch.no_grad():
+        logits = model(x)
+        maps = feature_maps(model, x)
+        torch.testing.assert_close(head.module(raw["out"]), logits)
+    handle.remove()
+    assert len(maps) == len(units)
+    assert all(m.ndim == 4 and m.shape[0] == 2 and m.shape[2] == m.shape[3] >= 4 for m in maps)
+    assert maps[0].shape[-1] >= 7  # early maps stay spatially meaningful
+    assert not model.training
+    assert all(not m._forward_hooks for m in model.modules())
+
+
+def test_feature_maps_drop_cls_and_permute_channel_last():
+    x = torch.randn(2, 1, 28, 28)
+    vit = tiny("vit_tiny").eval()
+    assert feature_maps(vit, x)[0].shape == (2, 64, 7, 7)  # 1 + 49 tokens -> 7x7
+    swin = tiny("swin_tiny").eval()
+    maps = feature_maps(swin, x)
+    assert maps[0].shape == (2, 32, 14, 14)  # (B, H, W, C) stream -> (B, C, H, W)
+    assert maps[-1].shape == (2, 128, 4, 4)
+
+
+class UserViT(nn.Module):
+    """A hand-written ViT-like model that knows nothing of vitscope."""
+
+    class Layer(nn.Module):
+        def __init__(self, dim: int) -> None:
+            super().__init__()
+            self.attn = nn.MultiheadAttention(dim, 2, batch_first=True)
+            self.mlp = nn.Sequential(nn.Linear(dim, 2 * dim), nn.GELU(), nn.Linear(2 * dim, dim))
+
+        def forward(self, x):
+            x = x + self.attn(x, x, x, need_weights=False)[0]
+            return x + self.mlp(x)
+
+    def __init__(self, dim: int = 16) -> None:
+        super().__init__()
+        self.embed = nn.Conv2d(3, dim, 4, 4)
+        self.cls = nn.Parameter(torch.zeros(1, 1, dim))
+        self.blocks = nn.ModuleList([self.Layer(dim) for _ in range(2)])
+        self.fc = nn.Linear(dim, 10)
+
+    def forward(self, x):
+        x = rearrange(self.embed(x), "b c h w -> b (h w) c")
+        x = torch.cat([self.cls.expand(len(x), -1, -1), x], dim=1)
+        for layer in self.blocks:
+            x = layer(x)
+        return self.fc(x[:, 0])
+
+
+def test_user_spec_on_a_foreign_model():
+    model, spec = UserViT(), {"msa": "blocks.*.attn", "mlp": "blocks.*.mlp"}
+    units = blocks(model, spec)
+    assert [(b.name, b.kind, b.stage) for b in units] == [
+        ("blocks.0.attn", "msa", 0),
+        ("blocks.0.mlp", "mlp", 0),
+        ("blocks.1.attn", "msa", 0),
+        ("blocks.1.mlp", "mlp", 0),
+    ]
+    maps = feature_maps(model, torch.randn(2, 3, 16, 16), spec)  # 1 + 16 tokens -> 4x4
+    assert [m.shape for m in maps] == [(2, 16, 4, 4)] * 4
+    with pytest.raises(VitscopeError, match="pass a spec"):
+        blocks(model)
+    with pytest.raises(VitscopeError, match=r"\['layers\.\*'\] match no module"):
+        blocks(model, {"msa": "layers.*"})
+    with pytest.raises(VitscopeError, match="unknown block kind"):
+        blocks(model, {"ffn": "blocks.*.mlp"})
+
+
+def test_replace_unit_with_zero_branch_keeps_logits():
+    model = tiny("vit_tiny").eval()
+    x = torch.randn(2, 1, 28, 28)
+    unit = next(b for b in blocks(model) if b.name == "blocks.2.attn")
+    nn.init.zeros_(unit.module.fn.proj.weight)
+    nn.init.zeros_(unit.module.fn.proj.bias)
+    other = next(b for b in blocks(model) if b.name == "blocks.3.mlp")
+    with torch.no_grad():
+        before = model(x)
+        with replace_unit(model, unit):
+            assert isinstance(model.blocks[2].attn, nn.Identity)
+            torch.testing.assert_close(model(x), before)
+        with replace_unit(model, other):
+            assert not torch.allclose(model(x), before)
+    assert model.blocks[2].attn is unit.module and model.blocks[3].mlp is other.module
+
+
+def test_replace_unit_refuses_stem_head_and_downsampling_and_restores_on_error():
+    model = tiny("resnet_tiny")
+    units = blocks(model)
+    for b in (units[0], units[-1], next(b for b in units if b.downsample)):
+        with pytest.raises(VitscopeError, match="cannot remove"):
+            with replace_unit(model, b):
+                pass
+    with pytest.raises(RuntimeError, match="boom"):
+        with replace_unit(model, units[1]):
+            raise RuntimeError("boom")
+    assert model.stages[0][0] is units[1].module
+
+
+def test_replace_projection_unit_keeps_its_skip_path():
+    # the first block projects 16 -> 8 channels without downsampling: it becomes its shortcut
+    for name in ("resnet_tiny", "alternet_tiny"):
+        model = tiny(name, widths=(8, 16, 24, 32)).eval()
+        unit = blocks(model)[1]
+        assert isinstance(unit, Block) and not unit.downsample
+        with torch.no_grad(), replace_unit(model, unit):
+            assert model(torch.randn(2, 1, 28, 28)).shape == (2, 10)
