@@ -1,0 +1,273 @@
+"""The ``vitscope`` command: a table of subcommands over the public Python API.
+
+Each handler parses, calls one public function and prints where the results went; it holds
+no logic of its own. A :class:`~vitscope.errors.VitscopeError` becomes ``error: <message>``
+on stderr and exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable
+
+from .errors import VitscopeError
+
+
+def _cmd_list(args: argparse.Namespace) -> int:
+    if args.what == "models":
+        from .models import list_models
+
+        names = list_models()
+    elif args.what == "datasets":
+        from .data import list_datasets
+
+        names = list_datasets()
+    else:
+        from .config import list_presets, preset_description
+
+        for name in list_presets():
+            first = preset_description(name).split(". ")[0]
+            print(f"{name:12s} {first}")
+        return 0
+    print("\n".join(names))
+    return 0
+
+
+def _train_overrides(args: argparse.Namespace) -> dict:
+    """The named flags of ``vitscope train`` as a nested config mapping."""
+    flags = {
+        ("model", "name"): args.model,
+        ("data", "name"): args.data,
+        ("data", "root"): args.data_root,
+        ("data", "fraction"): args.fraction,
+        ("train", "epochs"): args.epochs,
+        ("train", "device"): args.device,
+        ("train", "seed"): args.seed,
+    }
+    out: dict = {}
+    for (section, key), value in flags.items():
+        if value is not None:
+            out.setdefault(section, {})[key] = value
+    if args.no_progress:
+        out.setdefault("train", {})["progress"] = False
+    return out
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from .config import resolve
+    from .train import train
+
+    if args.resume:
+        if (
+            any(
+                v is not None
+                for v in (args.model, args.data, args.fraction, args.epochs, args.config)
+            )
+            or args.set
+        ):
+            raise VitscopeError(
+                "--resume continues a run with its saved config; drop the other options"
+            )
+        result = train(None, args.resume, resume=True)
+    else:
+        if args.out is None:
+            raise VitscopeError("vitscope train needs --out DIR (or --resume DIR)")
+        cfg = resolve(
+            preset=args.preset,
+            config_file=args.config,
+            overrides=_train_overrides(args),
+            sets=args.set,
+        )
+        result = train(cfg, args.out)
+    last, best = result.last, result.best
+    print(
+        f"test accuracy {last['test_acc']:.4f}  NLL {last['test_nll']:.4f}  "
+        f"ECE {last['test_ece']:.4f}  (best {best['acc']:.4f} at epoch {best['epoch']})"
+    )
+    print(f"run: {result.run_dir}")
+    return 0
+
+
+def _cmd_fetch(args: argparse.Namespace) -> int:
+    from .data import load_dataset
+
+    for train in (True, False):
+        data = load_dataset(args.dataset, train=train, root=args.data_root, download=True)
+    print(f"{args.dataset}: {len(data)} test images present ({data.info.num_classes} classes)")
+    return 0
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from .train import evaluate_run
+
+    metrics = evaluate_run(args.run_dir, args.checkpoint, device=args.device)
+    print(
+        "  ".join(
+            f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in metrics.items()
+        )
+    )
+    print(f"results: {args.run_dir}/results/evaluate_{args.checkpoint}.json")
+    return 0
+
+
+def _cmd_analyze(args: argparse.Namespace) -> int:
+    from . import study
+
+    if args.model_file:
+        from .analyses import EvalData
+        from .data import load_dataset
+
+        if not (args.data and args.out):
+            raise VitscopeError("--model-file needs --data DATASET and --out DIR")
+        spec = study.parse_blocks_spec(args.blocks)
+        ckpt = None if args.checkpoint == "best" else args.checkpoint
+        model = study.load_user_model(args.model_file, ckpt)
+        data = EvalData.from_image_data(load_dataset(args.data, train=False, root=args.data_root))
+        meta = {
+            "model": args.model_file,
+            "dataset": args.data,
+            "checkpoint": ckpt,
+            "label": type(model).__name__,
+        }
+        done = study.analyze_model(
+            model,
+            data,
+            args.out,
+            only=args.only,
+            sets=args.set,
+            device=args.device,
+            spec=spec,
+            force=args.force,
+            meta=meta,
+        )
+        out = args.out
+    else:
+        if args.run_dir is None:
+            raise VitscopeError(
+                "vitscope analyze needs RUN_DIR (or --model-file with --data and --out)"
+            )
+        done = study.analyze(
+            args.run_dir,
+            only=args.only,
+            checkpoint=args.checkpoint,
+            device=args.device,
+            sets=args.set,
+            force=args.force,
+        )
+        out = args.run_dir
+    print(f"results: {out}/results ({', '.join(done)})")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="vitscope",
+        description="Why vision transformers behave as they do (Park & Kim, ICLR 2022).",
+    )
+    from . import __version__
+
+    parser.add_argument("--version", action="version", version=f"vitscope {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("list", help="list models, datasets or presets")
+    p.add_argument("what", choices=["models", "datasets", "presets"])
+    p.set_defaults(func=_cmd_list)
+
+    p = sub.add_parser("train", help="train a model into a run directory (resumes a killed run)")
+    p.add_argument(
+        "--preset", default="cpu", help="training recipe (vitscope list presets); default: cpu"
+    )
+    p.add_argument("--config", help="YAML file overriding the preset")
+    p.add_argument("--model", help="model name (vitscope list models)")
+    p.add_argument("--data", help="dataset name (vitscope list datasets)")
+    p.add_argument("--data-root", help="folder holding the dataset files")
+    p.add_argument(
+        "--fraction", type=float, help="class-balanced fraction of the training set, e.g. 0.06"
+    )
+    p.add_argument("--epochs", type=int, help="main epochs (after warm-up)")
+    p.add_argument("--device", help="cpu (default), cuda, cuda:N")
+    p.add_argument("--seed", type=int, help="random seed")
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override any config field, e.g. train.lr=1e-3",
+    )
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument(
+        "--out", help="run directory to create (or continue, if it holds the same config)"
+    )
+    p.add_argument("--resume", metavar="DIR", help="continue the run in DIR with its saved config")
+    p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser(
+        "fetch", help="make sure a dataset is present (download with checksum if not)"
+    )
+    p.add_argument("dataset")
+    p.add_argument("--data-root", help="folder holding (or to hold) the dataset files")
+    p.set_defaults(func=_cmd_fetch)
+
+    p = sub.add_parser("analyze", help="run analyses on a run's checkpoint (or on any model)")
+    p.add_argument("run_dir", nargs="?", help="run directory made by vitscope train")
+    p.add_argument(
+        "--only", help="comma-separated analyses (default: all): fourier,variance,noise,lesion"
+    )
+    p.add_argument(
+        "--checkpoint",
+        default="best",
+        help="best (default), last, warmup, init, epochN, or a .pt path",
+    )
+    p.add_argument("--device", default="cpu")
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="ANALYSIS.KEY=VALUE",
+        help="e.g. fourier.num_images=64",
+    )
+    p.add_argument("--force", action="store_true", help="recompute results that already exist")
+    p.add_argument(
+        "--model-file",
+        metavar="FILE.py:FUNC",
+        help="analyse your own model: FUNC() returns an nn.Module",
+    )
+    p.add_argument(
+        "--blocks",
+        metavar="JSON",
+        help='units of your model by pattern, e.g. \'{"msa": "blocks.*.attn"}\'',
+    )
+    p.add_argument("--data", help="dataset for --model-file")
+    p.add_argument("--data-root", help="folder holding the dataset files")
+    p.add_argument("--out", help="output directory for --model-file")
+    p.set_defaults(func=_cmd_analyze)
+
+    p = sub.add_parser("evaluate", help="test metrics of a run's checkpoint")
+    p.add_argument("run_dir")
+    p.add_argument(
+        "--checkpoint",
+        default="best",
+        help="best (default), last, init, warmup, epochN or a .pt path",
+    )
+    p.add_argument("--device", default="cpu")
+    p.set_defaults(func=_cmd_evaluate)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``vitscope`` console script."""
+    args = build_parser().parse_args(argv)
+    handler: Callable[[argparse.Namespace], int] = args.func
+    try:
+        return handler(args)
+    except VitscopeError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted; re-run the same command to resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,176 @@
+"""One epoch of training and one pass of evaluation: short functions, no file I/O.
+
+Data is held as one uint8 tensor on the training device (cifar10-airbench style); batches
+are index slices of it, augmented on the device as whole batches.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Iterator
+from contextlib import nullcontext
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ..config import TrainConfig
+from ..data.augment import normalize, soft_cross_entropy
+from ..errors import VitscopeError
+from .metrics import classification_metrics
+
+
+class NonFiniteLossError(VitscopeError):
+    """The training loss became NaN or infinite."""
+
+
+def lr_at(cfg: TrainConfig, epoch: int, step: int, steps_per_epoch: int) -> float:
+    """Learning rate of step ``step`` in epoch ``epoch`` (both 0-based), spec §8.
+
+    Warm-up epochs come first and are extra: ``lr * t / (warmup_epochs * steps)`` per
+    iteration, starting from 0. The main schedule is then stepped per epoch: cosine
+    ``min + (lr - min) (1 + cos(pi e / E)) / 2``, multistep ``lr * gamma^#{m <= e}``, or constant.
+    """
+    if epoch < cfg.warmup_epochs:
+        return cfg.lr * (epoch * steps_per_epoch + step) / (cfg.warmup_epochs * steps_per_epoch)
+    e = epoch - cfg.warmup_epochs
+    if cfg.schedule == "cosine":
+        return (
+            cfg.min_lr
+            + (cfg.lr - cfg.min_lr) * (1 + math.cos(math.pi * e / max(cfg.epochs, 1))) / 2
+        )
+    if cfg.schedule == "multistep":
+        return cfg.lr * cfg.gamma ** sum(e >= m for m in cfg.milestones)
+    return cfg.lr
+
+
+def batch_indices(
+    n: int, batch_size: int, *, generator: torch.Generator | None = None, shuffle: bool = True
+) -> Iterator[torch.Tensor]:
+    """Index batches over ``range(n)``; a final batch of one sample is dropped (BatchNorm)."""
+    order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
+    for start in range(0, n, batch_size):
+        idx = order[start : start + batch_size]
+        if shuffle and len(idx) < 2 <= n:
+            break
+        yield idx
+
+
+def autocast(device: torch.device, amp: str):
+    """bf16 autocast on request; a no-op context otherwise."""
+    if amp == "bf16":
+        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+    return nullcontext()
+
+
+def train_one_epoch(
+    model: nn.Module,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    augment: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]],
+    optimizer: torch.optim.Optimizer,
+    cfg: TrainConfig,
+    epoch: int,
+    generator: torch.Generator,
+    forward: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    progress: Callable[[int, float], None] | None = None,
+) -> dict:
+    """Train ``model`` for one epoch over ``images`` (uint8, on the device).
+
+    Returns ``train_loss`` (the objective: soft-target CE with mixing and smoothing),
+    ``train_nll`` (CE against the un-mixed labels on the same augmented batch),
+    ``train_acc``, ``images`` and ``seconds``. Raises :class:`NonFiniteLossError` on NaN/inf.
+    """
+    forward = forward or model
+    model.train()
+    n = len(labels)
+    steps = math.ceil(n / cfg.batch_size)
+    device = images.device
+    loss_sum = nll_sum = correct = seen = 0.0
+    t0 = time.perf_counter()
+    for step, idx in enumerate(batch_indices(n, cfg.batch_size, generator=generator)):
+        idx = idx.to(device, non_blocking=True)
+        lr = lr_at(cfg, epoch, step, steps)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        y = labels[idx]
+        x, target = augment(images[idx], y)
+        with autocast(device, cfg.amp):
+            logits = forward(x)
+        logits = logits.float()
+        loss = soft_cross_entropy(logits, target)
+        if not torch.isfinite(loss):
+            raise NonFiniteLossError(
+                f"training loss became {loss.item()} at epoch {epoch + 1} step {step + 1} "
+                f"(lr={lr:.3g}); lower train.lr or set train.grad_clip"
+            )
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if cfg.grad_clip is not None:
+            nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        optimizer.step()
+        b = len(idx)
+        with torch.no_grad():
+            loss_sum += loss.item() * b
+            nll_sum += F.cross_entropy(logits, y, reduction="sum").item()
+            correct += (logits.argmax(1) == y).sum().item()
+        seen += b
+        if progress is not None:
+            progress(b, loss.item())
+    seconds = time.perf_counter() - t0
+    return {
+        "train_loss": loss_sum / max(seen, 1),
+        "train_nll": nll_sum / max(seen, 1),
+        "train_acc": correct / max(seen, 1),
+        "images": int(seen),
+        "seconds": seconds,
+    }
+
+
+@torch.no_grad()
+def predict(
+    model: nn.Module,
+    images: torch.Tensor,
+    *,
+    mean: tuple[float, ...],
+    std: tuple[float, ...],
+    batch_size: int = 512,
+    amp: str = "none",
+    device: torch.device | str | None = None,
+) -> torch.Tensor:
+    """Logits ``(N, K)`` (float32, on CPU) of ``model`` in eval mode; the mode is restored."""
+    was_training = model.training
+    model.eval()
+    device = torch.device(device) if device is not None else images.device
+    out = []
+    try:
+        for start in range(0, len(images), batch_size):
+            x = normalize(
+                images[start : start + batch_size].to(device, non_blocking=True), mean, std
+            )
+            with autocast(device, amp):
+                out.append(model(x).float().cpu())
+    finally:
+        model.train(was_training)
+    return torch.cat(out)
+
+
+def evaluate(
+    model: nn.Module,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    mean: tuple[float, ...],
+    std: tuple[float, ...],
+    batch_size: int = 512,
+    amp: str = "none",
+    n_bins: int = 15,
+    device: torch.device | str | None = None,
+) -> dict:
+    """Test metrics (``acc``, ``nll``, ``ece``, ``brier``) of ``model`` on ``images``."""
+    logits = predict(
+        model, images, mean=mean, std=std, batch_size=batch_size, amp=amp, device=device
+    )
+    return classification_metrics(logits, labels.cpu(), n_bins=n_bins)

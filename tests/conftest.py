@@ -1,0 +1,37 @@
+"""Shared fixtures: tiny image-folder datasets written by the tests themselves."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+COLOURS = [(220, 40, 40), (40, 200, 60), (50, 70, 230)]
+
+
+def write_folder_dataset(
+    root: Path, n_train: int, n_val: int, size: int = 32, seed: int = 0
+) -> Path:
+    """``root/{train,val}/<class>/*.png``: three classes told apart by colour and a stripe."""
+    rng = np.random.default_rng(seed)
+    for split, n in (("train", n_train), ("val", n_val)):
+        for c, colour in enumerate(COLOURS):
+            d = root / split / f"class{c}"
+            d.mkdir(parents=True, exist_ok=True)
+            for i in range(n):
+                img = rng.normal(0, 25, (size, size, 3)) + np.array(colour)
+                img[:, c * size // 3 : (c + 1) * size // 3] += 40  # class-specific stripe
+                Image.fromarray(img.clip(0, 255).astype(np.uint8)).save(d / f"{i}.png")
+    return root
+
+
+@pytest.fixture(scope="session")
+def folder_data(tmp_path_factory) -> Path:
+    return write_folder_dataset(tmp_path_factory.mktemp("folder"), n_train=40, n_val=10)
+
+
+@pytest.fixture(scope="session")
+def folder_data_large(tmp_path_factory) -> Path:
+    return write_folder_dataset(tmp_path_factory.mktemp("folder_large"), n_train=120, n_val=10)

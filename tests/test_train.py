@@ -1,0 +1,159 @@
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from vitscope.config import resolve
+from vitscope.errors import VitscopeError
+from vitscope.io import read_jsonl
+from vitscope.train import (
+    NonFiniteLossError,
+    evaluate_run,
+    load_checkpoint,
+    load_model,
+    loop,
+    train,
+)
+
+
+def _cfg(root, **train):
+    t = {"epochs": 2, "warmup_epochs": 1, "batch_size": 16, "progress": False, **train}
+    return resolve(
+        preset="cpu",
+        overrides={
+            "model": {"name": "resnet_tiny"},
+            "data": {"name": "folder", "root": str(root)},
+            "train": t,
+        },
+    )
+
+
+def test_train_writes_a_complete_run_directory(folder_data, tmp_path):
+    out = tmp_path / "run"
+    result = train(_cfg(folder_data, epochs=3), out)
+    rows = read_jsonl(out / "metrics.jsonl")
+    assert [r["epoch"] for r in rows] == [1, 2, 3, 4]
+    assert rows[0]["phase"] == "warmup" and rows[-1]["phase"] == "main"
+    for key in (
+        "train_loss",
+        "train_nll",
+        "test_acc",
+        "test_nll",
+        "test_ece",
+        "test_brier",
+        "images_per_s",
+    ):
+        assert all(torch.isfinite(torch.tensor(r[key])) for r in rows), key
+    for name in ("init", "warmup", "best", "last"):
+        assert (out / "checkpoints" / f"{name}.pt").is_file(), name
+    assert load_checkpoint(out / "checkpoints" / "warmup.pt")["epoch"] == 1
+    assert (out / "config.yaml").is_file() and (out / "provenance.json").is_file()
+    # three colour-coded classes are easy: the model must learn them
+    assert result.best["acc"] >= 0.9
+    # the best checkpoint reproduces its recorded accuracy
+    assert evaluate_run(out, "best")["acc"] == pytest.approx(result.best["acc"])
+    model, cfg = load_model(out, "last")
+    assert not model.training and cfg.model.name == "resnet_tiny"
+
+
+def test_same_config_resumes_instead_of_retraining(folder_data, tmp_path):
+    out = tmp_path / "run"
+    train(_cfg(folder_data), out)
+    before = (out / "checkpoints" / "last.pt").stat().st_mtime_ns
+    result = train(_cfg(folder_data), out)  # finished run: nothing to do
+    assert (out / "checkpoints" / "last.pt").stat().st_mtime_ns == before
+    assert result.last["epoch"] == 3
+    with pytest.raises(VitscopeError, match="different config"):
+        train(_cfg(folder_data, epochs=5, seed=3), out)
+
+
+def test_subset_indices_are_saved(folder_data, tmp_path):
+    cfg = resolve(
+        preset="cpu",
+        overrides={
+            "data": {"name": "folder", "root": str(folder_data), "fraction": 0.25},
+            "train": {"epochs": 1, "warmup_epochs": 0, "batch_size": 8, "progress": False},
+        },
+    )
+    train(cfg, tmp_path / "run")
+    saved = json.loads((tmp_path / "run" / "subset_indices.json").read_text())
+    assert saved["fraction"] == 0.25 and len(saved["indices"]) == 30  # 10 of each 40-image class
+
+
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(folder_data, tmp_path, monkeypatch):
+    calls = {"n": 0}
+    real = loop.soft_cross_entropy
+    steps_per_epoch = 120 // 16 + 1
+
+    def poisoned(logits, target):
+        calls["n"] += 1
+        loss = real(logits, target)
+        return loss * float("nan") if calls["n"] > steps_per_epoch + 2 else loss
+
+    monkeypatch.setattr(loop, "soft_cross_entropy", poisoned)
+    out = tmp_path / "run"
+    with pytest.raises(NonFiniteLossError, match="became nan at epoch 2"):
+        train(_cfg(folder_data), out)
+    ckpt = load_checkpoint(out / "checkpoints" / "last.pt")
+    assert ckpt["epoch"] == 1
+    assert all(torch.isfinite(v).all() for v in ckpt["model"].values() if v.is_floating_point())
+    assert len(read_jsonl(out / "metrics.jsonl")) == 1
+
+
+def _cli(*args, **kw):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.Popen([sys.executable, "-m", "vitscope", *args], env=env, **kw)
+
+
+def _train_args(root, out):
+    return [
+        "train",
+        "--model",
+        "resnet_tiny",
+        "--data",
+        "folder",
+        "--data-root",
+        str(root),
+        "--epochs",
+        "6",
+        "--set",
+        "train.batch_size=16",
+        "--set",
+        "train.warmup_epochs=1",
+        "--no-progress",
+        "--out",
+        str(out),
+    ]
+
+
+def test_kill_9_and_resume_gives_the_same_final_weights(folder_data_large, tmp_path):
+    ref, killed = tmp_path / "ref", tmp_path / "killed"
+    assert _cli(*_train_args(folder_data_large, ref)).wait(timeout=300) == 0
+
+    proc = _cli(*_train_args(folder_data_large, killed), stdout=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while len(read_jsonl(killed / "metrics.jsonl")) < 2 and time.time() < deadline:
+        time.sleep(0.01)
+    time.sleep(0.05)  # land somewhere inside the next epoch
+    proc.send_signal(signal.SIGKILL)
+    assert proc.wait() == -signal.SIGKILL
+    done = load_checkpoint(killed / "checkpoints" / "last.pt")["epoch"]
+    assert done < 7, "the run finished before it could be killed"
+
+    assert _cli("train", "--resume", str(killed), "--no-progress").wait(timeout=300) == 0
+    a = load_checkpoint(ref / "checkpoints" / "last.pt")
+    b = load_checkpoint(killed / "checkpoints" / "last.pt")
+    assert a["epoch"] == b["epoch"] == 7
+    for k in a["model"]:
+        assert torch.equal(a["model"][k], b["model"][k]), k
+    timing = ("images_per_s", "train_seconds")
+
+    def strip(rows):
+        return [{k: v for k, v in r.items() if k not in timing} for r in rows]
+
+    assert strip(read_jsonl(ref / "metrics.jsonl")) == strip(read_jsonl(killed / "metrics.jsonl"))
