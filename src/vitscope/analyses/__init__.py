@@ -1,0 +1,33 @@
+"""Analyses: one module per analysis, each with ``Config`` and ``run(model, data, cfg)``.
+
+The module path is the registry: ``ANALYSES[name]`` is the module ``vitscope.analyses.<name>``.
+"""
+
+from __future__ import annotations
+
+from types import ModuleType
+
+from ..errors import VitscopeError
+from . import fourier, lesion, noise, variance
+from .base import EvalData, Result
+
+ANALYSES: dict[str, ModuleType] = {
+    m.__name__.rsplit(".", 1)[1]: m for m in (fourier, variance, noise, lesion)
+}
+
+
+def get_analysis(name: str) -> ModuleType:
+    """The analysis module called ``name``; unknown names list the valid ones."""
+    try:
+        return ANALYSES[name]
+    except KeyError:
+        raise VitscopeError(
+            f"unknown analysis {name!r}; valid analyses: {', '.join(ANALYSES)}"
+        ) from None
+
+
+def list_analyses() -> list[str]:
+    return list(ANALYSES)
+
+
+__all__ = ["ANALYSES", "EvalData", "Result", "get_analysis", "list_analyses"]

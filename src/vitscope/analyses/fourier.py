@@ -1,0 +1,129 @@
+"""Fourier analysis of feature maps (Park & Kim 2022, Fig 2a, Fig 8; spec §1).
+
+For a feature map ``x`` of shape ``(b, c, h, w)``::
+
+    L = log(|fft2(x)| + 1e-6)              # per sample and channel
+    A = mean_{b,c} roll(L, (h//2, w//2))    # DC moved to (h//2, w//2); log first, then mean
+    d = diag(A)[h//2:]                      # frequency (k, k), k = 0 .. ceil(h/2) - 1
+    delta(k) = d[k] - d[0]                  # "ΔLog amplitude", relative to DC
+
+The curve's last element, drawn at "1.0π", is the high-frequency value of the unit. MSAs
+lower it (low-pass filters) and Convs raise it (high-pass filters), the paper finds.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from ..errors import ConfigError
+from ..models import blocks, feature_maps
+from .base import EvalData, Result, config_dict, unit_table
+
+EPS = 1e-6
+
+
+@dataclass(frozen=True)
+class Config:
+    """Fourier analysis settings."""
+
+    num_images: int = 256  # test images averaged over (the paper's notebook uses 1)
+    batch_size: int = 64  # images per forward pass
+    device: str = "cpu"  # where the model runs
+
+    def __post_init__(self) -> None:
+        if self.num_images < 1 or self.batch_size < 1:
+            raise ConfigError("fourier.num_images and fourier.batch_size must be >= 1")
+
+
+def log_amplitude(x: torch.Tensor) -> torch.Tensor:
+    """Centred log-amplitude spectrum, summed over batch and channels: ``(h, w)``, float64.
+
+    Divide by ``b * c`` for the mean; a sum lets batches accumulate exactly.
+    """
+    if x.ndim != 4:
+        raise ValueError(f"expected a (b, c, h, w) map, got shape {tuple(x.shape)}")
+    h, w = x.shape[-2:]
+    amp = torch.fft.fft2(x.detach().double()).abs()
+    logamp = torch.log(amp + EPS)
+    return torch.roll(logamp, shifts=(h // 2, w // 2), dims=(-2, -1)).sum(dim=(0, 1))
+
+
+def half_diagonal(a: torch.Tensor) -> torch.Tensor:
+    """``diag(A)[h//2:]``: from DC (index 0) towards the highest frequency (k, k)."""
+    h, w = a.shape
+    n = min(h - h // 2, w - w // 2)
+    i = torch.arange(n)
+    return a[h // 2 + i, w // 2 + i]
+
+
+def delta_log_amplitude(x: torch.Tensor) -> torch.Tensor:
+    """ΔLog amplitude of a ``(b, c, h, w)`` feature map: 1-D, ``delta[0] = 0`` (DC).
+
+    Element ``k`` is the mean log amplitude at frequency ``(k, k)`` minus that at DC, with
+    frequencies on the normalised axis ``linspace(0, π, len)`` (spec §1).
+    """
+    a = log_amplitude(x) / (x.shape[0] * x.shape[1])
+    d = half_diagonal(a)
+    return (d - d[0]).float()
+
+
+def frequency_axis(n: int) -> np.ndarray:
+    """Normalised frequencies of an ``n``-point curve, in units of π: ``linspace(0, 1, n)``."""
+    return np.linspace(0.0, 1.0, n)
+
+
+@torch.no_grad()
+def run(model: torch.nn.Module, data: EvalData, cfg: Config = Config(), *, spec=None) -> Result:
+    """ΔLog-amplitude curves and 2-D log-amplitude maps of every unit of ``model``.
+
+    Args:
+        model: a vitscope model or any ``nn.Module`` (with ``spec``, see :func:`vitscope.blocks`).
+        data: test images (``EvalData``).
+        cfg: settings.
+        spec: block patterns for models that do not list their blocks.
+
+    Returns:
+        Result ``fourier``: ``values.units`` (name, kind, depth, ...), ``values.high_freq``
+        (Δ at 1.0π per unit), ``values.curves``; arrays ``map_<i>`` (mean log amplitude,
+        centred) and ``curve_<i>``.
+    """
+    units = [b for b in blocks(model, spec) if b.kind != "head"]
+    sums: list[torch.Tensor] = []
+    means: list[int] = []  # samples x channels behind each sum
+    was_training = model.training
+    model.eval()
+    try:
+        for x, _ in data.batches(cfg.batch_size, cfg.device, limit=cfg.num_images):
+            for i, m in enumerate(feature_maps(model, x, spec)):
+                s = log_amplitude(m).cpu()
+                if i == len(sums):
+                    sums.append(s)
+                    means.append(m.shape[0] * m.shape[1])
+                else:
+                    sums[i] += s
+                    means[i] += m.shape[0] * m.shape[1]
+    finally:
+        model.train(was_training)
+    arrays, curves, high = {}, [], []
+    for i, (s, n) in enumerate(zip(sums, means)):
+        a = s / n
+        d = half_diagonal(a)
+        curve = (d - d[0]).float().numpy()
+        arrays[f"map_{i}"] = a.float().numpy()
+        arrays[f"curve_{i}"] = curve
+        curves.append(curve.tolist())
+        high.append(float(curve[-1]))
+    return Result(
+        "fourier",
+        values={
+            "units": unit_table(units),
+            "high_freq": high,
+            "curves": curves,
+            "num_images": min(cfg.num_images, len(data)),
+        },
+        arrays=arrays,
+        config=config_dict(cfg),
+    )

@@ -1,0 +1,178 @@
+"""Composition of the verbs: analyse a run (or any model), then draw its figures.
+
+``analyze`` is what ``vitscope analyze RUN_DIR`` calls: it loads the run's checkpoint and test
+split, runs each requested analysis whose result is missing (or all with ``force``), saves the
+results atomically under ``RUN_DIR/results`` and draws their figures under ``RUN_DIR/figures``.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import replace
+from pathlib import Path
+
+import torch.nn as nn
+
+from .analyses import ANALYSES, EvalData, Result, get_analysis
+from .config import ConfigError, from_dict, parse_overrides
+from .errors import VitscopeError
+from .io import RunDir
+
+
+def analysis_configs(names: Sequence[str], sets: Sequence[str] = (), device: str = "cpu") -> dict:
+    """Per-analysis Config objects from ``--set <analysis>.<field>=value`` items."""
+    overrides = parse_overrides(list(sets))
+    unknown = sorted(set(overrides) - set(ANALYSES))
+    if unknown:
+        raise ConfigError(f"--set {unknown[0]}.*: unknown analysis; valid: {', '.join(ANALYSES)}")
+    configs = {}
+    for name in names:
+        module = get_analysis(name)
+        cfg = from_dict(module.Config, overrides.get(name, {}), name)
+        configs[name] = replace(cfg, device=device) if hasattr(cfg, "device") else cfg
+    return configs
+
+
+def parse_only(only: str | Sequence[str] | None) -> list[str]:
+    if only is None:
+        return list(ANALYSES)
+    names = [n.strip() for n in (only.split(",") if isinstance(only, str) else only) if n.strip()]
+    for n in names:
+        get_analysis(n)
+    return names
+
+
+def analyze_model(
+    model: nn.Module,
+    data: EvalData,
+    out_dir: str | Path,
+    *,
+    only: str | Sequence[str] | None = None,
+    sets: Sequence[str] = (),
+    device: str = "cpu",
+    spec: Mapping | None = None,
+    force: bool = False,
+    meta: dict | None = None,
+    log: Callable[[str], None] = print,
+) -> dict[str, Path]:
+    """Run analyses on any model and save results + figures under ``out_dir``.
+
+    Args:
+        model: the model (moved to ``device``; left in eval mode).
+        data: test images.
+        out_dir: a run directory (``results/`` and ``figures/`` go inside).
+        only: analysis names (comma-separated or a list); default all.
+        sets: ``<analysis>.<field>=value`` overrides of the analysis configs.
+        device: where to run.
+        spec: block patterns for models that do not list their blocks.
+        force: recompute results that already exist.
+        meta: extra context stored with each result (model name, checkpoint, ...).
+        log: where progress lines go.
+
+    Returns:
+        Analysis name -> path of its JSON result.
+    """
+    from .report.figures import render
+
+    rd = RunDir(Path(out_dir))
+    names = parse_only(only)
+    configs = analysis_configs(names, sets, device)
+    model = model.to(device).eval()
+    done = {}
+    for name in names:
+        path = rd.results / f"{name}.json"
+        if Result.exists(rd.results, name) and not force:
+            log(f"{name}: exists, skipped ({path})")
+            done[name] = path
+            continue
+        result = get_analysis(name).run(model, data, configs[name], spec=spec)
+        result.meta.update(meta or {})
+        result.save(rd.results)
+        figs = render(result, rd.figures)
+        log(f"{name}: {path}" + (f"  figures: {', '.join(f.name for f in figs)}" if figs else ""))
+        done[name] = path
+    return done
+
+
+def analyze(
+    run_dir: str | Path,
+    *,
+    only: str | Sequence[str] | None = None,
+    checkpoint: str = "best",
+    device: str = "cpu",
+    sets: Sequence[str] = (),
+    force: bool = False,
+    log: Callable[[str], None] = print,
+) -> dict[str, Path]:
+    """Analyse a trained run's checkpoint on its own test split (see :func:`analyze_model`)."""
+    from .train import load_model, load_split
+
+    names = parse_only(only)
+    analysis_configs(names, sets, device)  # fail on bad values before loading anything
+    model, cfg = load_model(run_dir, checkpoint, device=device)
+    data = EvalData.from_image_data(load_split(cfg, train=False))
+    frac = cfg.data.fraction
+    meta = {
+        "model": cfg.model.name,
+        "dataset": cfg.data.name,
+        "fraction": frac,
+        "checkpoint": checkpoint,
+        "run": str(run_dir),
+        "label": cfg.model.name + (f" ({frac:.0%})" if frac < 1 else ""),
+    }
+    return analyze_model(
+        model, data, run_dir, only=names, sets=sets, device=device, force=force, meta=meta, log=log
+    )
+
+
+def load_user_model(target: str, checkpoint: str | None = None) -> nn.Module:
+    """``path/to/file.py:builder`` -> ``builder()``, with an optional state dict loaded.
+
+    The checkpoint may be a raw ``state_dict`` or a dict holding one under ``model`` or
+    ``state_dict``.
+    """
+    file, sep, func = target.rpartition(":")
+    if not sep or not file or not func:
+        raise VitscopeError(f"--model-file expects path/to/file.py:function, got {target!r}")
+    path = Path(file)
+    if not path.is_file():
+        raise VitscopeError(f"model file {path} does not exist")
+    spec = importlib.util.spec_from_file_location(f"vitscope_user_{path.stem}", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    builder = getattr(module, func, None)
+    if builder is None:
+        raise VitscopeError(f"{path} has no function {func!r}")
+    model = builder()
+    if not isinstance(model, nn.Module):
+        raise VitscopeError(f"{target} returned {type(model).__name__}, not an nn.Module")
+    if checkpoint:
+        from .train import load_checkpoint
+
+        state = load_checkpoint(checkpoint)
+        state = (
+            state.get("model", state.get("state_dict", state)) if isinstance(state, dict) else state
+        )
+        try:
+            model.load_state_dict(state)
+        except RuntimeError as e:
+            first = str(e).strip().splitlines()[0]
+            raise VitscopeError(f"checkpoint {checkpoint} does not fit {target}: {first}") from None
+    return model
+
+
+def parse_blocks_spec(text: str | None) -> dict | None:
+    """The ``--blocks`` JSON mapping of kind -> pattern(s)."""
+    if not text:
+        return None
+    try:
+        spec = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise VitscopeError(f"--blocks is not valid JSON ({e.msg} at column {e.colno})") from None
+    if not isinstance(spec, dict):
+        raise VitscopeError('--blocks must be a JSON object like {"msa": "blocks.*.attn"}')
+    return spec
