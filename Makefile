@@ -37,7 +37,7 @@ data: $(VENV)/.installed
 	fi
 
 demo: data
-	$(BIN)/vitscope train --preset cpu --model resnet_tiny --data fashion-mnist --out $(DEMO_OUT)/resnet_tiny
+	$(BIN)/vitscope train --preset cpu --model resnet_tiny --data fashion-mnist --fraction 0.25 --out $(DEMO_OUT)/resnet_tiny
 
 test: dev data
 	$(BIN)/python -m pytest

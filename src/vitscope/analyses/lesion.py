@@ -7,6 +7,7 @@ shows which units matter: in multi-stage models the MSAs at the end of a stage m
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -22,16 +23,35 @@ class Config:
 
     num_images: int = 2000  # test images per lesion
     batch_size: int = 256  # images per forward pass
+    # identity: the unit is replaced by its skip path (units whose output is the stream);
+    # zero: the unit's output is zeroed (user specs that name residual *branches*, e.g. attn)
+    mode: str = "identity"
     device: str = "cpu"  # where the model runs
 
     def __post_init__(self) -> None:
         if self.num_images < 1 or self.batch_size < 1:
             raise ConfigError("lesion.num_images and lesion.batch_size must be >= 1")
+        if self.mode not in ("identity", "zero"):
+            raise ConfigError(f"lesion.mode must be identity or zero, got {self.mode!r}")
 
 
 def removable(block) -> bool:
     """Units the study may remove: residual units that keep the spatial size."""
     return block.kind not in ("stem", "head") and not block.downsample
+
+
+@contextmanager
+def _removed(model: torch.nn.Module, block, mode: str):
+    """The model with ``block`` taken out: skip path in its place, or its output zeroed."""
+    if mode == "identity":
+        with replace_unit(model, block):
+            yield model
+        return
+    handle = block.module.register_forward_hook(lambda _m, _i, out: torch.zeros_like(out))
+    try:
+        yield model
+    finally:
+        handle.remove()
 
 
 @torch.no_grad()
@@ -58,7 +78,7 @@ def run(model: torch.nn.Module, data: EvalData, cfg: Config = Config(), *, spec=
             if not removable(b):
                 deltas.append(None)
                 continue
-            with replace_unit(model, b):
+            with _removed(model, b, cfg.mode):
                 deltas.append(acc() - base)
     finally:
         model.train(was_training)

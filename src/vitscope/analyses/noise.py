@@ -33,21 +33,10 @@ from .base import EvalData, Result, accuracy, config_dict
 class Config:
     """Noise-robustness settings; frequencies are in units of π."""
 
-    frequencies: tuple[float, ...] = (
-        0.1,
-        0.2,
-        0.3,
-        0.4,
-        0.5,
-        0.6,
-        0.7,
-        0.8,
-        0.9,
-    )  # band centres f/π
+    # band centres f/π
+    frequencies: tuple[float, ...] = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
     half_width: float = 0.05  # s/π: the paper's window w = 0.1π
-    eps: float = (
-        0.1  # sign-noise amplitude in normalised units (repo default 0.007, issue #44: 0.7)
-    )
+    eps: float = 0.7  # sign-noise amplitude, normalised units (issue #44; repo default 0.007)
     num_images: int = 2000  # test images per frequency
     batch_size: int = 256  # images per forward pass
     seed: int = 0  # noise seed (the same noise for every model)

@@ -1,0 +1,247 @@
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from vitscope import study
+from vitscope.analyses import ANALYSES, EvalData, Result, fourier, lesion, noise, variance
+from vitscope.cli import main
+from vitscope.models import blocks, create_model, replace_unit
+
+TINY = ["resnet_tiny", "vit_tiny", "pit_tiny", "swin_tiny", "alternet_tiny"]
+
+
+def _data(n=16, chans=1, size=28, classes=10, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    images = torch.randint(0, 256, (n, chans, size, size), dtype=torch.uint8, generator=g)
+    labels = torch.randint(0, classes, (n,), generator=g)
+    return EvalData(images, labels, (0.5,) * chans, (0.25,) * chans, "synthetic")
+
+
+def _zero_last_layer(module: nn.Module) -> None:
+    """Zero the last Linear/Conv of a unit's branch: the unit becomes the identity."""
+    last = [m for m in module.modules() if isinstance(m, (nn.Linear, nn.Conv2d))][-1]
+    with torch.no_grad():
+        last.weight.zero_()
+        if last.bias is not None:
+            last.bias.zero_()
+
+
+@pytest.mark.parametrize("name", TINY)
+def test_every_analysis_runs_on_every_tiny_model(name, tmp_path):
+    torch.manual_seed(0)
+    model = create_model(name, num_classes=10, in_chans=1, img_size=28).eval()
+    units = [b for b in blocks(model) if b.kind != "head"]
+    data = _data()
+    configs = {
+        "fourier": fourier.Config(num_images=8, batch_size=4),
+        "variance": variance.Config(num_images=8, batch_size=4),
+        "noise": noise.Config(frequencies=(0.2, 0.8), num_images=8),
+        "lesion": lesion.Config(num_images=8),
+    }
+    for key, cfg in configs.items():
+        result = ANALYSES[key].run(model, data, cfg)
+        result.save(tmp_path)
+        back = Result.load(tmp_path, key)
+        assert back.values == json.loads(json.dumps(result.values))
+        assert back.config == json.loads(json.dumps(result.config))
+        for k, a in result.arrays.items():
+            np.testing.assert_array_equal(back.arrays[k], a)
+        if "units" in result.values:
+            assert [u["kind"] for u in result.values["units"]] == [b.kind for b in units]
+            assert result.values["units"][-1]["depth"] == 1.0
+    f = Result.load(tmp_path, "fourier").values
+    assert len(f["high_freq"]) == len(units) and all(math.isfinite(v) for v in f["high_freq"])
+    assert all(c[0] == 0 for c in f["curves"])
+    v = Result.load(tmp_path, "variance").values["variance"]
+    assert all(x >= 0 for x in v)
+
+
+def test_fourier_and_variance_aggregate_exactly_over_batches():
+    torch.manual_seed(0)
+    model = create_model("vit_tiny", num_classes=10, in_chans=1, img_size=28).eval()
+    data = _data(n=12)
+    one = fourier.run(model, data, fourier.Config(num_images=12, batch_size=12))
+    many = fourier.run(model, data, fourier.Config(num_images=12, batch_size=5))
+    np.testing.assert_allclose(one.values["high_freq"], many.values["high_freq"], rtol=1e-5)
+    a = variance.run(model, data, variance.Config(num_images=12, batch_size=12)).values["variance"]
+    b = variance.run(model, data, variance.Config(num_images=12, batch_size=5)).values["variance"]
+    np.testing.assert_allclose(a, b, rtol=1e-6)
+    # and equal to the pure function on one full-batch feature map
+    from vitscope.analyses.variance import featuremap_variance
+    from vitscope.models import feature_maps
+
+    x, _ = next(data.batches(12))
+    with torch.no_grad():
+        maps = feature_maps(model, x)
+    assert a == pytest.approx([featuremap_variance(m) for m in maps], rel=1e-6)
+
+
+@pytest.mark.parametrize(
+    "name, kind",
+    [("resnet_tiny", "conv"), ("vit_tiny", "msa"), ("vit_tiny", "mlp"), ("alternet_tiny", "msa")],
+)
+def test_lesion_of_a_zero_branch_changes_nothing(name, kind):
+    torch.manual_seed(0)
+    model = create_model(name, num_classes=10, in_chans=1, img_size=28).eval()
+    target = [b for b in blocks(model) if b.kind == kind and lesion.removable(b)][1]
+    other = [b for b in blocks(model) if b.kind == kind and lesion.removable(b)][0]
+    _zero_last_layer(target.module)
+    x, _ = next(_data(n=8).batches(8))
+    with torch.no_grad():
+        ref = model(x)
+        with replace_unit(model, target):
+            same = model(x)
+        with replace_unit(model, other):
+            changed = model(x)
+    torch.testing.assert_close(same, ref, rtol=0, atol=1e-6)
+    assert not torch.allclose(changed, ref, atol=1e-4)
+    result = lesion.run(model, _data(n=64), lesion.Config(num_images=64))
+    units = [b.name for b in blocks(model) if b.kind != "head"]
+    assert result.values["delta_acc"][units.index(target.name)] == 0.0
+    assert result.values["delta_acc"][0] is None  # the stem is never removed
+
+
+class ToyViT(nn.Module):
+    """A user's model vitscope knows nothing about: CLS token + pre-norm residual blocks."""
+
+    def __init__(self):
+        super().__init__()
+        self.embed = nn.Conv2d(1, 16, 4, 4)
+        self.cls = nn.Parameter(torch.zeros(1, 1, 16))
+        self.blocks = nn.ModuleList(
+            nn.ModuleDict(
+                {"attn": nn.MultiheadAttention(16, 2, batch_first=True), "mlp": nn.Linear(16, 16)}
+            )
+            for _ in range(2)
+        )
+        self.head = nn.Linear(16, 10)
+
+    def forward(self, x):
+        t = self.embed(x).flatten(2).transpose(1, 2)
+        t = torch.cat([self.cls.expand(len(t), -1, -1), t], 1)
+        for blk in self.blocks:
+            t = t + blk["attn"](t, t, t, need_weights=False)[0]
+            t = t + blk["mlp"](t)
+        return self.head(t[:, 0])
+
+
+def test_lesion_zero_mode_removes_a_user_branch():
+    torch.manual_seed(0)
+    model = ToyViT().eval()
+    spec = {"mlp": "blocks.*.mlp"}
+    _zero_last_layer(model.blocks[1]["mlp"])
+    result = lesion.run(model, _data(n=32), lesion.Config(num_images=32, mode="zero"), spec=spec)
+    assert result.values["delta_acc"][1] == 0.0
+
+
+def test_analyze_a_trained_run_from_the_cli(folder_data, tmp_path, capsys):
+    run = tmp_path / "run"
+    assert (
+        main(
+            [
+                "train",
+                "--data",
+                "folder",
+                "--data-root",
+                str(folder_data),
+                "--epochs",
+                "1",
+                "--model",
+                "vit_tiny",
+                "--set",
+                "train.batch_size=16",
+                "--no-progress",
+                "--out",
+                str(run),
+            ]
+        )
+        == 0
+    )
+    args = [
+        "analyze",
+        str(run),
+        "--only",
+        "fourier,variance,lesion",
+        "--set",
+        "lesion.num_images=30",
+    ]
+    assert main(args) == 0
+    for name in ("fourier", "variance", "lesion"):
+        body = json.loads((run / "results" / f"{name}.json").read_text())
+        assert (
+            body["meta"]["model"] == "vit_tiny" and body["meta"]["provenance"]["vitscope_version"]
+        )
+        assert all({"name", "kind", "depth"} <= set(u) for u in body["values"]["units"])
+    for fig in ("fourier_curves", "fourier_high_freq", "fourier_maps", "variance", "lesion"):
+        assert (run / "figures" / f"{fig}.png").stat().st_size > 1000
+    capsys.readouterr()
+    assert main(args) == 0
+    assert "exists, skipped" in capsys.readouterr().out
+    before = (run / "results" / "variance.json").stat().st_mtime_ns
+    assert main(["analyze", str(run), "--only", "variance", "--force"]) == 0
+    assert (run / "results" / "variance.json").stat().st_mtime_ns != before
+
+
+@pytest.mark.parametrize(
+    "extra, words",
+    [
+        (["--only", "fourier,nope"], "unknown analysis 'nope'"),
+        (["--set", "fourier.num_images=0"], "fourier.num_images"),
+        (["--set", "fourier.bogus=1"], "unknown config key fourier.bogus"),
+        (["--set", "noise.frequencies=[1.5]"], "noise.frequencies"),
+    ],
+)
+def test_analyze_bad_input(extra, words, tmp_path, capsys):
+    (tmp_path / "config.yaml").write_text("{}\n")
+    assert main(["analyze", str(tmp_path), *extra]) == 2
+    err = capsys.readouterr().err
+    assert words in err and err.count("\n") == 1
+
+
+def test_analyze_a_user_model_file(folder_data, tmp_path, capsys):
+    src = tmp_path / "my_model.py"
+    src.write_text(
+        "import torch\nfrom torch import nn\n\n"
+        "class Net(nn.Module):\n"
+        "    def __init__(self):\n"
+        "        super().__init__()\n"
+        "        self.stem = nn.Conv2d(3, 8, 3, padding=1)\n"
+        "        self.stages = nn.Sequential(*[nn.Conv2d(8, 8, 3, padding=1) for _ in range(3)])\n"
+        "        self.head = nn.Linear(8, 3)\n"
+        "    def forward(self, x):\n"
+        "        x = self.stem(x)\n"
+        "        for conv in self.stages:\n"
+        "            x = x + torch.relu(conv(x))\n"
+        "        return self.head(x.mean((2, 3)))\n\n"
+        "def build():\n    return Net()\n"
+    )
+    torch.save({"model": study.load_user_model(f"{src}:build").state_dict()}, tmp_path / "ckpt.pt")
+    out = tmp_path / "out"
+    args = [
+        "analyze",
+        "--model-file",
+        f"{src}:build",
+        "--checkpoint",
+        str(tmp_path / "ckpt.pt"),
+        "--blocks",
+        '{"stem": "stem", "conv": "stages.*"}',
+        "--data",
+        "folder",
+        "--data-root",
+        str(folder_data),
+        "--out",
+        str(out),
+        "--only",
+        "fourier,variance,noise",
+        "--set",
+        "noise.frequencies=[0.3]",
+    ]
+    assert main(args) == 0
+    units = json.loads((out / "results" / "variance.json").read_text())["values"]["units"]
+    assert [u["name"] for u in units] == ["stem", "stages.0", "stages.1", "stages.2"]
+    assert main([*args[:-4], "--blocks", '{"msa": "nothing.*"}', "--force"]) == 2
+    assert "match no module" in capsys.readouterr().err
