@@ -157,3 +157,10 @@ def test_kill_9_and_resume_gives_the_same_final_weights(folder_data_large, tmp_p
         return [{k: v for k, v in r.items() if k not in timing} for r in rows]
 
     assert strip(read_jsonl(ref / "metrics.jsonl")) == strip(read_jsonl(killed / "metrics.jsonl"))
+
+
+def test_bf16_autocast_trains_on_cpu(folder_data, tmp_path):
+    result = train(_cfg(folder_data, epochs=1, warmup_epochs=0, amp="bf16"), tmp_path / "run")
+    rows = read_jsonl(tmp_path / "run" / "metrics.jsonl")
+    assert len(rows) == 1 and torch.isfinite(torch.tensor(rows[0]["train_loss"]))
+    assert 0.0 <= result.last["test_acc"] <= 1.0

@@ -121,7 +121,7 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
         if not (args.data and args.out):
             raise VitscopeError("--model-file needs --data DATASET and --out DIR")
         spec = study.parse_blocks_spec(args.blocks)
-        ckpt = None if args.checkpoint == "best" else args.checkpoint
+        ckpt = args.checkpoint
         model = study.load_user_model(args.model_file, ckpt)
         data = EvalData.from_image_data(load_dataset(args.data, train=False, root=args.data_root))
         meta = {
@@ -216,8 +216,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--checkpoint",
-        default="best",
-        help="best (default), last, warmup, init, epochN, or a .pt path",
+        help="best, last, warmup, init, epochN or a .pt path (default: best; hessian: warmup)",
     )
     p.add_argument("--device", default="cpu")
     p.add_argument(

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import torch.nn as nn
 
-from .analyses import ANALYSES, EvalData, Result, get_analysis
-from .config import ConfigError, from_dict, parse_overrides
+from .analyses import ANALYSES, EvalData, Result, TrainData, get_analysis
+from .config import ConfigError, from_dict, parse_overrides, to_dict
 from .errors import VitscopeError
 from .io import RunDir
 
@@ -56,6 +56,7 @@ def analyze_model(
     spec: Mapping | None = None,
     force: bool = False,
     meta: dict | None = None,
+    train_data: TrainData | None = None,
     log: Callable[[str], None] = print,
 ) -> dict[str, Path]:
     """Run analyses on any model and save results + figures under ``out_dir``.
@@ -63,6 +64,8 @@ def analyze_model(
     Args:
         model: the model (moved to ``device``; left in eval mode).
         data: test images.
+        train_data: augmented training batches, for analyses with ``SPLIT = "train"``
+            (Hessian, landscape); without it those analyses are refused.
         out_dir: a run directory (``results/`` and ``figures/`` go inside).
         only: analysis names (comma-separated or a list); default all.
         sets: ``<analysis>.<field>=value`` overrides of the analysis configs.
@@ -88,9 +91,17 @@ def analyze_model(
             log(f"{name}: exists, skipped ({path})")
             done[name] = path
             continue
-        result = get_analysis(name).run(model, data, configs[name], spec=spec)
+        module = get_analysis(name)
+        split = getattr(module, "SPLIT", "test")
+        if split == "train" and train_data is None:
+            raise VitscopeError(f"{name} needs training data: run it on a run directory")
+        kwargs = {"workdir": rd.results} if getattr(module, "RESUMABLE", False) else {}
+        inputs = train_data if split == "train" else data
+        result = module.run(model, inputs, configs[name], spec=spec, **kwargs)
         result.meta.update(meta or {})
         result.save(rd.results)
+        for partial in rd.results.glob(f"{name}.partial.*"):  # superseded by the result
+            partial.unlink()
         figs = render(result, rd.figures)
         log(f"{name}: {path}" + (f"  figures: {', '.join(f.name for f in figs)}" if figs else ""))
         done[name] = path
@@ -101,31 +112,73 @@ def analyze(
     run_dir: str | Path,
     *,
     only: str | Sequence[str] | None = None,
-    checkpoint: str = "best",
+    checkpoint: str | None = None,
     device: str = "cpu",
     sets: Sequence[str] = (),
     force: bool = False,
     log: Callable[[str], None] = print,
 ) -> dict[str, Path]:
-    """Analyse a trained run's checkpoint on its own test split (see :func:`analyze_model`)."""
-    from .train import load_model, load_split
+    """Analyse a trained run on its own data (see :func:`analyze_model`).
 
+    Each analysis runs on ``checkpoint`` if given, else on its module's
+    ``DEFAULT_CHECKPOINT`` (``best`` for most; ``warmup`` for the Hessian, as in the paper),
+    falling back to ``best`` when the run has no such snapshot. The checkpoint used is stored
+    in each result's ``meta``.
+    """
+    from .train import load_model, load_split
+    from .train.trainer import build_augment, load_data
+
+    rd = RunDir.existing(run_dir)
     names = parse_only(only)
     analysis_configs(names, sets, device)  # fail on bad values before loading anything
-    model, cfg = load_model(run_dir, checkpoint, device=device)
-    data = EvalData.from_image_data(load_split(cfg, train=False))
-    frac = cfg.data.fraction
-    meta = {
-        "model": cfg.model.name,
-        "dataset": cfg.data.name,
-        "fraction": frac,
-        "checkpoint": checkpoint,
-        "run": str(run_dir),
-        "label": cfg.model.name + (f" ({frac:.0%})" if frac < 1 else ""),
-    }
-    return analyze_model(
-        model, data, run_dir, only=names, sets=sets, device=device, force=force, meta=meta, log=log
-    )
+    by_ckpt: dict[str, list[str]] = {}
+    for name in names:
+        ckpt = checkpoint or getattr(get_analysis(name), "DEFAULT_CHECKPOINT", "best")
+        if checkpoint is None and not rd.checkpoint(ckpt).is_file():
+            ckpt = "best"
+        by_ckpt.setdefault(ckpt, []).append(name)
+    done: dict[str, Path] = {}
+    test_data = train_data = None
+    for ckpt, group in by_ckpt.items():
+        model, cfg = load_model(run_dir, ckpt, device=device)
+        if test_data is None:
+            test_data = EvalData.from_image_data(load_split(cfg, train=False))
+        if train_data is None and any(
+            getattr(get_analysis(n), "SPLIT", "test") == "train" for n in group
+        ):
+            train_set, _, _ = load_data(cfg)
+            train_data = TrainData(
+                train_set.images,
+                train_set.labels,
+                build_augment(cfg, train_set.info),
+                train_set.info.num_classes,
+                cfg.train.weight_decay,
+                to_dict(cfg.augment),
+            )
+        frac = cfg.data.fraction
+        meta = {
+            "model": cfg.model.name,
+            "dataset": cfg.data.name,
+            "fraction": frac,
+            "checkpoint": ckpt,
+            "run": str(run_dir),
+            "label": cfg.model.name + (f" ({frac:.0%})" if frac < 1 else ""),
+        }
+        done.update(
+            analyze_model(
+                model,
+                test_data,
+                run_dir,
+                train_data=train_data,
+                only=group,
+                sets=sets,
+                device=device,
+                force=force,
+                meta=meta,
+                log=log,
+            )
+        )
+    return {n: done[n] for n in names}
 
 
 def load_user_model(target: str, checkpoint: str | None = None) -> nn.Module:

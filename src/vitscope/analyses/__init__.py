@@ -9,7 +9,7 @@ from types import ModuleType
 
 from ..errors import VitscopeError
 from . import fourier, lesion, noise, variance
-from .base import EvalData, Result
+from .base import EvalData, Result, TrainData
 
 ANALYSES: dict[str, ModuleType] = {
     m.__name__.rsplit(".", 1)[1]: m for m in (fourier, variance, noise, lesion)
@@ -30,4 +30,4 @@ def list_analyses() -> list[str]:
     return list(ANALYSES)
 
 
-__all__ = ["ANALYSES", "EvalData", "Result", "get_analysis", "list_analyses"]
+__all__ = ["ANALYSES", "EvalData", "Result", "TrainData", "get_analysis", "list_analyses"]

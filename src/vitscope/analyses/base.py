@@ -168,3 +168,44 @@ def accuracy(
     if total == 0:
         raise VitscopeError("no test images to evaluate")
     return correct / total
+
+
+@dataclass
+class TrainData:
+    """Augmented training batches for curvature analyses, reproducible batch by batch.
+
+    Batch ``i`` of seed ``s`` draws its images and its augmentation (crop, flip, RandAugment,
+    Mixup/CutMix with label smoothing: the run's training transform) from generators seeded
+    by ``(s, i)`` inside a forked RNG, so the same batch comes back on every call, on a
+    resumed run and on any rank, and the global RNG is left untouched.
+
+    Attributes:
+        images: uint8 ``(N, C, H, W)`` training images (the run's subset).
+        labels: int64 ``(N,)``.
+        augment: ``BatchAugment``-like callable ``(uint8, labels) -> (x, soft targets)``.
+        num_classes: number of classes.
+        weight_decay: the run's weight decay (the L2 coefficient of NLL + L2).
+        transform: a JSON description of the transform, stored with results.
+    """
+
+    images: torch.Tensor
+    labels: torch.Tensor
+    augment: Any
+    num_classes: int
+    weight_decay: float = 0.0
+    transform: dict = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def batch(
+        self, index: int, batch_size: int, *, seed: int = 0, device: torch.device | str = "cpu"
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Augmented batch ``index``: normalised inputs and soft targets, on ``device``."""
+        key = (seed * 1_000_003 + index) % 2**63
+        g = torch.Generator().manual_seed(key)
+        idx = torch.randperm(len(self), generator=g)[: min(batch_size, len(self))]
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(key)
+            x, t = self.augment(self.images[idx], self.labels[idx])
+        return x.to(device), t.to(device)
