@@ -8,11 +8,11 @@ from __future__ import annotations
 from types import ModuleType
 
 from ..errors import VitscopeError
-from . import fourier, lesion, noise, variance
+from . import fourier, landscape, lesion, noise, variance
 from .base import EvalData, Result, TrainData
 
 ANALYSES: dict[str, ModuleType] = {
-    m.__name__.rsplit(".", 1)[1]: m for m in (fourier, variance, noise, lesion)
+    m.__name__.rsplit(".", 1)[1]: m for m in (fourier, variance, noise, lesion, landscape)
 }
 
 

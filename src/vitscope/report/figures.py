@@ -187,6 +187,15 @@ FIGURES: dict[str, dict[str, Callable[[Result], plt.Figure]]] = {
 }
 
 
+def _register_curvature_figures() -> None:
+    from .landscape_figures import FIGURES as LANDSCAPE
+
+    FIGURES["landscape"] = LANDSCAPE
+
+
+_register_curvature_figures()
+
+
 def save_figure(fig: plt.Figure, path: Path) -> Path:
     atomic_write(path, lambda p: fig.savefig(p, format=path.suffix[1:], dpi=130))
     plt.close(fig)

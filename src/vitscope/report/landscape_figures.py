@@ -1,0 +1,140 @@
+"""Loss-landscape figures (Park & Kim 2022, Fig 1a, C.4a), drawn from saved results only.
+
+Paper style (the released notebook): plasma colours, ``z -= min(z)``, the 3-D surface seen
+from elev 15, azim 15. Each figure shows ``NLL + L2`` beside ``NLL`` alone, because the L2
+term dominates the sum (spec §4, issue #10). 1-D results (``dims=1``) and the centre row of
+2-D grids are drawn as curves; several runs overlay in :func:`plot_landscape_1d`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+if TYPE_CHECKING:
+    from ..analyses.base import Result
+
+QUANTITIES = {"loss": "NLL + L2", "nll": "NLL"}
+CMAP = "plasma"
+ELEV, AZIM = 15, 15  # the released notebook's view of the surface
+
+
+def _label(result: Result) -> str:
+    return str(result.meta.get("label") or result.meta.get("model") or "")
+
+
+def _raw(result: Result, which: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``xs``, ``ys`` and the grid of ``which`` (rows y), non-finite entries as NaN."""
+    if which not in QUANTITIES:
+        raise ValueError(f"which must be one of {', '.join(QUANTITIES)}, got {which!r}")
+    z = np.array(result.arrays[which], dtype=float)
+    z[~np.isfinite(z)] = np.nan
+    return np.asarray(result.arrays["xs"]), np.asarray(result.arrays["ys"]), z
+
+
+def _shifted(z: np.ndarray) -> np.ndarray:
+    """``z - min(z)`` over the finite entries, as the released notebook plots it."""
+    return z - np.nanmin(z) if np.isfinite(z).any() else z
+
+
+def _grid(result: Result, which: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    xs, ys, z = _raw(result, which)
+    return xs, ys, _shifted(z)
+
+
+def landscape_slice(result: Result, which: str = "loss") -> tuple[np.ndarray, np.ndarray]:
+    """The curve along d1 through the centre (``b = 0``): the whole grid when ``dims=1``."""
+    xs, ys, z = _raw(result, which)
+    return xs, z[len(ys) // 2]
+
+
+def _title(result: Result, which: str) -> str:
+    return f"{_label(result)}  {QUANTITIES[which]}".strip()
+
+
+def plot_landscape_contour(result: Result, ax, which: str = "loss") -> None:
+    """Filled contours of ``z - min(z)`` over the (d1, d2) plane, θ0 marked at the centre."""
+    xs, ys, z = _grid(result, which)
+    cs = ax.contourf(xs, ys, np.ma.masked_invalid(z), levels=20, cmap=CMAP)
+    ax.contour(xs, ys, np.ma.masked_invalid(z), levels=cs.levels, colors="k", linewidths=0.3)
+    ax.plot(0, 0, marker="+", color="w", ms=8)
+    ax.figure.colorbar(cs, ax=ax, label=f"{QUANTITIES[which]} − min")
+    ax.set_aspect("equal")
+    ax.set_xlabel("d1")
+    ax.set_ylabel("d2")
+    ax.set_title(_title(result, which), fontsize=9)
+
+
+def plot_landscape_surface(result: Result, ax, which: str = "loss") -> None:
+    """3-D surface of ``z - min(z)``, plasma over [min, max] of z, elev 15 azim 15 (``ax``: 3d)."""
+    xs, ys, z = _grid(result, which)
+    x, y = np.meshgrid(xs, ys)
+    finite = z[np.isfinite(z)]
+    lo, hi = (finite.min(), finite.max()) if len(finite) else (0.0, 1.0)
+    ax.plot_surface(
+        x, y, z, cmap=CMAP, vmin=lo, vmax=hi, rstride=1, cstride=1, linewidth=0, antialiased=True
+    )
+    ax.view_init(elev=ELEV, azim=AZIM)
+    ax.set_xticks([xs[0], 0, xs[-1]])
+    ax.set_yticks([ys[0], 0, ys[-1]])
+    ax.set_xlabel("d1", fontsize=8)
+    ax.set_ylabel("d2", fontsize=8)
+    ax.tick_params(labelsize=6)
+    ax.set_title(_title(result, which), fontsize=9)
+
+
+def plot_landscape_1d(results: Sequence[Result], ax, which: str = "loss") -> None:
+    """Curves of ``z - min(z)`` along d1 through the centre, one per run, overlaid."""
+    for r in results:
+        xs, z = landscape_slice(r, which)
+        ax.plot(xs, _shifted(z), marker="o", ms=3, label=_label(r) or None)
+    ax.axvline(0, color="0.6", lw=0.8)
+    ax.set_xlabel("d1")
+    ax.set_ylabel(f"{QUANTITIES[which]} − min")
+    ax.set_title(QUANTITIES[which], fontsize=9)
+    if any(_label(r) for r in results):
+        ax.legend(fontsize=7)
+
+
+def _is_2d(result: Result) -> bool:
+    return len(result.arrays["ys"]) > 1
+
+
+def _pair(plot: Callable, result: Result, **subplot_kw) -> plt.Figure:
+    """``plot(result, ax, which)`` for NLL + L2 and for NLL, side by side."""
+    fig, axes = plt.subplots(
+        1, 2, figsize=(8, 3.6), layout="constrained", subplot_kw=subplot_kw or None
+    )
+    for ax, which in zip(axes, QUANTITIES):
+        plot(result, ax, which)
+    return fig
+
+
+def draw_1d(result: Result) -> plt.Figure:
+    """1-D curves (the centre row of a 2-D grid) of NLL + L2 and NLL."""
+    return _pair(lambda r, ax, which: plot_landscape_1d([r], ax, which), result)
+
+
+def draw_contour(result: Result) -> plt.Figure:
+    """Contours of NLL + L2 and NLL; a 1-D result gets its curves instead."""
+    return _pair(plot_landscape_contour, result) if _is_2d(result) else draw_1d(result)
+
+
+def draw_surface(result: Result) -> plt.Figure:
+    """3-D surfaces of NLL + L2 and NLL; a 1-D result gets its curves instead."""
+    if not _is_2d(result):
+        return draw_1d(result)
+    return _pair(plot_landscape_surface, result, projection="3d")
+
+
+FIGURES: dict[str, Callable[[Result], plt.Figure]] = {
+    "landscape_contour": draw_contour,
+    "landscape_surface": draw_surface,
+    "landscape_1d": draw_1d,
+}
