@@ -1,7 +1,11 @@
 """Top-5 Hessian eigenvalues: vitscope's Lanczos against PyHessian 0.1's power iteration.
 
     pip install --no-deps pyhessian==0.1   # numpy and torch only; --no-deps leaves torch alone
-    python benchmarks/hessian_vs_pyhessian.py [--models resnet_tiny,vit_tiny] [--batch-size 32]
+    python benchmarks/hessian_vs_pyhessian.py [--models resnet_tiny,vit_tiny] [--batch-size 64]
+
+One thread by default: on a shared 2-core machine two OpenMP threads made every
+Hessian-vector product up to 60x slower (spin-waiting on a busy core), which would swamp
+the comparison.
 
 Same model, same batch, same operator for both: the soft-target cross-entropy of one
 augmented batch (Mixup + label smoothing, as the analysis uses), model in eval mode, all
@@ -25,6 +29,7 @@ import argparse
 import copy
 import sys
 import time
+import warnings
 
 import torch
 
@@ -86,7 +91,9 @@ def run_pyhessian(module, model, x, t) -> dict:
     try:
         torch.manual_seed(0)  # PyHessian draws its start vectors from the global generator
         start = time.perf_counter()
-        h = module.hessian(model, lambda out, tgt: soft_cross_entropy(out, tgt), data=(x, t), cuda=False)
+        h = module.hessian(
+            model, lambda out, tgt: soft_cross_entropy(out, tgt), data=(x, t), cuda=False
+        )
         eigs, _ = h.eigenvalues(top_n=TOP_N, maxIter=MAX_ITER, tol=TOL)
         seconds = time.perf_counter() - start
     finally:
@@ -146,12 +153,14 @@ def report(rows: list[dict], batch_size: int) -> None:
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--models", default="resnet_tiny,vit_tiny")
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--threads", type=int, default=1, help="torch threads (0: torch's default)")
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     module = import_pyhessian()
+    # PyHessian calls loss.backward(create_graph=True); its .grad fields are reset after use
+    warnings.filterwarnings("ignore", message="Using backward\\(\\) with create_graph=True")
     rows = [bench(name, args.batch_size, module) for name in args.models.split(",")]
     report(rows, args.batch_size)
 

@@ -245,3 +245,69 @@ def test_analyze_a_user_model_file(folder_data, tmp_path, capsys):
     assert [u["name"] for u in units] == ["stem", "stages.0", "stages.1", "stages.2"]
     assert main([*args[:-4], "--blocks", '{"msa": "nothing.*"}', "--force"]) == 2
     assert "match no module" in capsys.readouterr().err
+
+
+def _train_data(n=64, seed=0):
+    from vitscope.analyses import TrainData
+    from vitscope.data import BatchAugment
+
+    d = _data(n=n, seed=seed)
+    aug = BatchAugment(mean=d.mean, std=d.std, num_classes=10, mixup_alpha=1.0, label_smoothing=0.1)
+    return TrainData(d.images, d.labels, aug, 10, 0.05, {"mixup_alpha": 1.0})
+
+
+def test_train_batches_are_reproducible_and_leave_the_global_rng_alone():
+    data = _train_data()
+    torch.manual_seed(123)
+    state = torch.get_rng_state()
+    x1, t1 = data.batch(3, 16, seed=7)
+    assert torch.equal(torch.get_rng_state(), state)
+    x2, t2 = data.batch(3, 16, seed=7)
+    x3, _ = data.batch(4, 16, seed=7)
+    assert torch.equal(x1, x2) and torch.equal(t1, t2) and not torch.equal(x1, x3)
+    assert torch.allclose(t1.sum(1), torch.ones(16))
+
+
+def test_overfitting_measures_augmented_training_nll():
+    from vitscope.analyses import overfitting
+    from vitscope.data.augment import soft_cross_entropy
+
+    torch.manual_seed(0)
+    model = create_model("resnet_tiny", num_classes=10, in_chans=1, img_size=28).eval()
+    data = _train_data()
+    r = overfitting.run(model, data, overfitting.Config(batches=2, batch_size=16))
+    with torch.no_grad():
+        ref = (
+            sum(
+                soft_cross_entropy(model(x), t).item()
+                for x, t in (data.batch(i, 16) for i in range(2))
+            )
+            / 2
+        )
+    assert r.values["train_nll"] == pytest.approx(ref, rel=1e-5)
+    assert r.values["images"] == 32
+
+
+def test_compare_overlays_several_runs(tmp_path):
+    from vitscope.report.compare import COMPARE, compare_runs
+
+    torch.manual_seed(0)
+    runs = []
+    for name in ("resnet_tiny", "vit_tiny"):
+        model = create_model(name, num_classes=10, in_chans=1, img_size=28).eval()
+        run = tmp_path / name
+        for key, cfg in {
+            "fourier": fourier.Config(num_images=4),
+            "variance": variance.Config(num_images=4),
+            "noise": noise.Config(frequencies=(0.5,), num_images=8),
+        }.items():
+            r = ANALYSES[key].run(model, _data(n=8), cfg)
+            r.meta["label"] = name
+            r.save(run / "results")
+        runs.append(run)
+    for key in ("fourier", "variance", "noise"):
+        out = compare_runs(key, runs, tmp_path / f"{key}.png")
+        assert out.stat().st_size > 1000
+    assert {"hessian", "landscape"} <= set(COMPARE)
+    assert main(["compare", "fourier", *map(str, runs), "--out", str(tmp_path / "c.png")]) == 0
+    assert main(["compare", "hessian", *map(str, runs), "--out", str(tmp_path / "h.png")]) == 2

@@ -160,6 +160,14 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_compare(args: argparse.Namespace) -> int:
+    from .report.compare import compare_runs
+
+    path = compare_runs(args.analysis, args.run_dirs, args.out)
+    print(f"figure: {path}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="vitscope",
@@ -241,6 +249,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-root", help="folder holding the dataset files")
     p.add_argument("--out", help="output directory for --model-file")
     p.set_defaults(func=_cmd_analyze)
+
+    p = sub.add_parser("compare", help="overlay one analysis of several runs in one figure")
+    p.add_argument("analysis", help="fourier, variance, noise, lesion, hessian or landscape")
+    p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
+    p.add_argument("--out", required=True, help="figure file (.png or .pdf)")
+    p.set_defaults(func=_cmd_compare)
 
     p = sub.add_parser("evaluate", help="test metrics of a run's checkpoint")
     p.add_argument("run_dir")

@@ -8,12 +8,11 @@ from __future__ import annotations
 from types import ModuleType
 
 from ..errors import VitscopeError
-from . import fourier, landscape, lesion, noise, variance
+from . import fourier, landscape, lesion, noise, overfitting, variance
 from .base import EvalData, Result, TrainData
 
-ANALYSES: dict[str, ModuleType] = {
-    m.__name__.rsplit(".", 1)[1]: m for m in (fourier, variance, noise, lesion, landscape)
-}
+_MODULES = (fourier, variance, noise, lesion, landscape, overfitting)
+ANALYSES: dict[str, ModuleType] = {m.__name__.rsplit(".", 1)[1]: m for m in _MODULES}
 
 
 def get_analysis(name: str) -> ModuleType:

@@ -67,10 +67,12 @@ class Config:
     """Hessian-spectrum settings.
 
     Defaults are sized for a CPU: on ``resnet_tiny`` / ``vit_tiny`` (0.3M parameters, batch
-    64, 2 cores) one Hessian-vector product takes 0.5-4 s, a top-5 Lanczos run 15-60 of
-    them, so ``vitscope analyze RUN --only hessian`` takes a few minutes. The paper used
-    top-5 on every mini-batch of (a fraction of) the training set, batch size 16 [UNVERIFIED]:
-    raise ``batches`` on a GPU.
+    64, one thread) a Hessian-vector product takes about 0.4 s and a top-5 Lanczos run
+    20-60 of them; the defaults spend roughly 250-350 products (4 Lanczos runs, one SLQ
+    density of 2 x 40, one 30-probe trace), 2-3 minutes for ``vitscope analyze RUN --only
+    hessian``. The paper took the top 5 of every mini-batch of (a fraction of) the training
+    set, batch size 16 [UNVERIFIED]: raise ``batches`` on a GPU. Lanczos keeps its whole
+    basis, ``max_iter x num_params`` numbers, preallocated.
     """
 
     batches: int = 4  # mini-batches, each with its own Hessian (indices 0 .. batches-1)

@@ -1,0 +1,66 @@
+"""Training NLL on augmented data, the quantity of the paper's overfitting plot (Fig 1b; spec §6).
+
+The paper's claim: a weak inductive bias does not make ViTs overfit; test error and training
+NLL rise together, so ViT's trouble is optimisation, not overfitting. This module measures
+the training side for one model: the NLL (soft-target cross-entropy with the run's Mixup /
+CutMix / smoothing) of the trained model in eval mode over augmented training batches, the
+same operator as the landscape's centre point. The study puts it next to each run's test
+error and data fraction.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from ..data.augment import soft_cross_entropy
+from ..errors import ConfigError
+from .base import Result, TrainData, config_dict
+
+SPLIT = "train"
+
+
+@dataclass(frozen=True)
+class Config:
+    """Training-NLL settings."""
+
+    batches: int = 8  # augmented training batches averaged over
+    batch_size: int = 256  # images per batch
+    seed: int = 0  # which batches and which augmentation draws
+    device: str = "cpu"  # where the model runs
+
+    def __post_init__(self) -> None:
+        if self.batches < 1 or self.batch_size < 1:
+            raise ConfigError("overfitting.batches and overfitting.batch_size must be >= 1")
+
+
+@torch.no_grad()
+def run(model: torch.nn.Module, data: TrainData, cfg: Config = Config(), **_: object) -> Result:
+    """Mean NLL and accuracy (vs the argmax of the soft targets) on augmented training data.
+
+    Returns:
+        Result ``overfitting``: ``values.train_nll``, ``values.train_acc``, ``values.images``.
+    """
+    was_training = model.training
+    model.eval()
+    nll_sum = correct = seen = 0.0
+    try:
+        for i in range(cfg.batches):
+            x, t = data.batch(i, cfg.batch_size, seed=cfg.seed, device=cfg.device)
+            logits = model(x).float()
+            nll_sum += soft_cross_entropy(logits, t).item() * len(x)
+            correct += (logits.argmax(1) == t.argmax(1)).sum().item()
+            seen += len(x)
+    finally:
+        model.train(was_training)
+    return Result(
+        "overfitting",
+        values={
+            "train_nll": nll_sum / seen,
+            "train_acc": correct / seen,
+            "images": int(seen),
+            "transform": data.transform,
+        },
+        config=config_dict(cfg),
+    )
