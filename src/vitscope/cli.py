@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Callable
+from pathlib import Path
 
 from .errors import VitscopeError
 
@@ -23,6 +24,14 @@ def _cmd_list(args: argparse.Namespace) -> int:
         from .data import list_datasets
 
         names = list_datasets()
+    elif args.what == "studies":
+        from .study import list_studies
+
+        names = list_studies()
+    elif args.what == "analyses":
+        from .analyses import list_analyses
+
+        names = list_analyses()
     else:
         from .config import list_presets, preset_description
 
@@ -168,6 +177,23 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_reproduce(args: argparse.Namespace) -> int:
+    from .study import reproduce
+
+    force = [f.strip() for f in (args.force or "").split(",") if f.strip()]
+    report = reproduce(args.preset, args.out, force=force, device=args.device)
+    print(f"report: {report}")
+    return 0
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from .report import build_report
+
+    out = Path(args.out) if args.out else None
+    print(f"report: {build_report([Path(d) for d in args.study_dirs], out)}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="vitscope",
@@ -179,7 +205,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("list", help="list models, datasets or presets")
-    p.add_argument("what", choices=["models", "datasets", "presets"])
+    p.add_argument("what", choices=["models", "datasets", "presets", "studies", "analyses"])
     p.set_defaults(func=_cmd_list)
 
     p = sub.add_parser("train", help="train a model into a run directory (resumes a killed run)")
@@ -255,6 +281,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
     p.add_argument("--out", required=True, help="figure file (.png or .pdf)")
     p.set_defaults(func=_cmd_compare)
+
+    p = sub.add_parser(
+        "reproduce", help="a whole study: train the grid, run every analysis, report"
+    )
+    p.add_argument(
+        "--preset", default="cpu-mini", help="study preset (vitscope list studies) or YAML file"
+    )
+    p.add_argument("--out", required=True, help="study directory (re-running resumes it)")
+    p.add_argument(
+        "--force", metavar="STEP[,STEP]", help="redo: train, analyze, report or an analysis name"
+    )
+    p.add_argument("--device", help="cpu (default) or cuda")
+    p.set_defaults(func=_cmd_reproduce)
+
+    p = sub.add_parser(
+        "report", help="rebuild report.html from saved results of one or more studies"
+    )
+    p.add_argument("study_dirs", nargs="+", metavar="STUDY_DIR")
+    p.add_argument("--out", help="folder for report.html (default: the first study)")
+    p.set_defaults(func=_cmd_report)
 
     p = sub.add_parser("evaluate", help="test metrics of a run's checkpoint")
     p.add_argument("run_dir")

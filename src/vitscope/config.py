@@ -207,7 +207,12 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
         if value is None and type(None) in args:
             return None
         others = [a for a in args if a is not type(None)]
-        return _coerce(value, others[0], where)
+        for i, option in enumerate(others):  # the first type that accepts the value
+            try:
+                return _coerce(value, option, where)
+            except ConfigError:
+                if i == len(others) - 1:
+                    raise
     if origin is tuple:
         _check(isinstance(value, (list, tuple)), f"{where} must be a list, got {value!r}")
         return tuple(_coerce(v, args[0], where) for v in value)

@@ -9,17 +9,28 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import shutil
 import sys
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch.nn as nn
 
 from .analyses import ANALYSES, EvalData, Result, TrainData, get_analysis
-from .config import ConfigError, from_dict, parse_overrides, to_dict
+from .config import (
+    ConfigError,
+    RunConfig,
+    dump_yaml,
+    from_dict,
+    load_yaml,
+    merge,
+    parse_overrides,
+    resolve,
+    to_dict,
+)
 from .errors import VitscopeError
-from .io import RunDir
+from .io import RunDir, atomic_write_text
 
 
 def analysis_configs(names: Sequence[str], sets: Sequence[str] = (), device: str = "cpu") -> dict:
@@ -54,7 +65,7 @@ def analyze_model(
     sets: Sequence[str] = (),
     device: str = "cpu",
     spec: Mapping | None = None,
-    force: bool = False,
+    force: bool | Sequence[str] = False,
     meta: dict | None = None,
     train_data: TrainData | None = None,
     log: Callable[[str], None] = print,
@@ -71,7 +82,7 @@ def analyze_model(
         sets: ``<analysis>.<field>=value`` overrides of the analysis configs.
         device: where to run.
         spec: block patterns for models that do not list their blocks.
-        force: recompute results that already exist.
+        force: recompute results that already exist (all, or the named analyses).
         meta: extra context stored with each result (model name, checkpoint, ...).
         log: where progress lines go.
 
@@ -87,7 +98,8 @@ def analyze_model(
     done = {}
     for name in names:
         path = rd.results / f"{name}.json"
-        if Result.exists(rd.results, name) and not force:
+        redo = force if isinstance(force, bool) else name in force
+        if Result.exists(rd.results, name) and not redo:
             log(f"{name}: exists, skipped ({path})")
             done[name] = path
             continue
@@ -115,7 +127,7 @@ def analyze(
     checkpoint: str | None = None,
     device: str = "cpu",
     sets: Sequence[str] = (),
-    force: bool = False,
+    force: bool | Sequence[str] = False,
     log: Callable[[str], None] = print,
 ) -> dict[str, Path]:
     """Analyse a trained run on its own data (see :func:`analyze_model`).
@@ -229,3 +241,168 @@ def parse_blocks_spec(text: str | None) -> dict | None:
     if not isinstance(spec, dict):
         raise VitscopeError('--blocks must be a JSON object like {"msa": "blocks.*.attn"}')
     return spec
+
+
+# ---------------------------------------------------------------------------------------------
+# vitscope reproduce: a preset's grid of runs -> every analysis -> one report
+
+
+@dataclass(frozen=True)
+class StudyConfig:
+    """A study: models x data fractions, trained with one recipe, then analysed and reported."""
+
+    name: str = "study"  # shown in the report
+    description: str = ""  # what the study shows, its runtime and what to expect
+    models: tuple[str, ...] = ("resnet_tiny", "vit_tiny")  # model registry keys
+    fractions: tuple[float, ...] = (1.0,)  # class-balanced training fractions, one run each
+    train_preset: str = "cpu"  # training recipe every run starts from (`vitscope list presets`)
+    train: dict = field(default_factory=dict)  # RunConfig overrides for every run
+    model_overrides: dict = field(default_factory=dict)  # model name -> RunConfig overrides
+    fraction_overrides: dict = field(default_factory=dict)  # fraction -> RunConfig overrides
+    analyses: dict = field(default_factory=dict)  # analysis name -> config fields; run in order
+
+    def __post_init__(self) -> None:
+        if not self.models:
+            raise ConfigError("study.models must list at least one model")
+        if not self.fractions or any(not 0 < f <= 1 for f in self.fractions):
+            raise ConfigError(f"study.fractions must be in (0, 1], got {list(self.fractions)}")
+        unknown = sorted(set(self.analyses) - set(ANALYSES))
+        if unknown:
+            raise ConfigError(
+                f"study.analyses: unknown analysis {unknown[0]!r}; valid: {', '.join(ANALYSES)}"
+            )
+        from .models import MODELS
+
+        for model in self.models:
+            MODELS.get(model)  # unknown names raise with the valid ones
+        odd = sorted(set(self.fraction_overrides) - set(self.fractions))
+        if odd:
+            raise ConfigError(
+                f"study.fraction_overrides names {odd[0]!r}, which is not in study.fractions"
+            )
+        stray = sorted(set(self.model_overrides) - set(self.models))
+        if stray:
+            raise ConfigError(
+                f"study.model_overrides names {stray[0]!r}, which is not in study.models"
+            )
+
+    def run_name(self, model: str, fraction: float) -> str:
+        return f"{model}-f{fraction:g}"
+
+    def run_configs(self) -> dict[str, RunConfig]:
+        """Run name -> resolved RunConfig, validated up front (before anything trains)."""
+        out = {}
+        for fraction in self.fractions:
+            for model in self.models:
+                overrides = merge(self.train, self.fraction_overrides.get(fraction, {}))
+                overrides = merge(overrides, self.model_overrides.get(model, {}))
+                overrides = merge(
+                    overrides, {"model": {"name": model}, "data": {"fraction": fraction}}
+                )
+                out[self.run_name(model, fraction)] = resolve(
+                    preset=self.train_preset, overrides=overrides
+                )
+        return out
+
+    def analysis_sets(self) -> list[str]:
+        """The analysis configs as ``--set``-style items."""
+        return [
+            f"{a}.{k}={json.dumps(v)}"
+            for a, fields_ in self.analyses.items()
+            for k, v in (fields_ or {}).items()
+        ]
+
+
+STEPS = ("train", "analyze", "report")
+
+
+def _study_dir():
+    from importlib import resources
+
+    return resources.files("vitscope") / "presets" / "studies"
+
+
+def list_studies() -> list[str]:
+    """Names of the shipped study presets (``configs/*.yaml``)."""
+    return sorted(
+        p.name[: -len(".yaml")] for p in _study_dir().iterdir() if p.name.endswith(".yaml")
+    )
+
+
+def load_study(preset: str) -> StudyConfig:
+    """A study preset by name, or a path to a study YAML file."""
+    path = Path(preset)
+    if preset.endswith((".yaml", ".yml")) or path.is_file():
+        data = load_yaml(path)
+    elif preset in list_studies():
+        data = load_yaml(Path(str(_study_dir() / f"{preset}.yaml")))
+    else:
+        raise ConfigError(f"unknown study preset {preset!r}; valid: {', '.join(list_studies())}")
+    return from_dict(StudyConfig, data, "study")
+
+
+def reproduce(
+    preset: str | StudyConfig,
+    out: str | Path,
+    *,
+    force: Sequence[str] = (),
+    device: str | None = None,
+    log: Callable[[str], None] = print,
+) -> Path:
+    """Run a whole study: train every run, run every analysis, build the report.
+
+    Every step is skipped when its result exists (a finished run resumes to nothing, a
+    finished analysis is not recomputed), so a killed study continues where it stopped.
+
+    Args:
+        preset: a study preset name (``vitscope list studies``), a YAML path, or a config.
+        out: the study directory.
+        force: steps to redo: ``train``, ``analyze`` (all analyses) or an analysis name.
+        device: overrides ``train.device`` and the analyses' device.
+        log: where progress lines go.
+
+    Returns:
+        The path of ``report.html``.
+    """
+    from .report import build_report
+    from .train import train
+
+    study = preset if isinstance(preset, StudyConfig) else load_study(preset)
+    bad = sorted(set(force) - set(STEPS) - set(ANALYSES))
+    if bad:
+        raise ConfigError(
+            f"--force {bad[0]!r}: valid steps are {', '.join(STEPS + tuple(ANALYSES))}"
+        )
+    root = Path(out)
+    runs = study.run_configs()
+    if device:
+        runs = {k: replace(c, train=replace(c.train, device=device)) for k, c in runs.items()}
+    parse_only(list(study.analyses))
+    analysis_configs(list(study.analyses), study.analysis_sets())
+    saved = root / "study.yaml"
+    if saved.is_file() and from_dict(StudyConfig, load_yaml(saved), "study") != study:
+        raise VitscopeError(f"{root} holds a different study; choose another --out")
+    root.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(saved, dump_yaml(study))
+
+    for i, (name, cfg) in enumerate(runs.items(), 1):
+        run_dir = root / "runs" / name
+        if "train" in force and (run_dir / "checkpoints").exists():
+            shutil.rmtree(run_dir)
+        log(f"[{i}/{len(runs)}] train {name}")
+        train(cfg, run_dir)
+    if study.analyses:
+        redo = True if "analyze" in force else [a for a in study.analyses if a in force]
+        for i, name in enumerate(runs, 1):
+            log(f"[{i}/{len(runs)}] analyze {name}")
+            analyze(
+                root / "runs" / name,
+                only=list(study.analyses),
+                sets=study.analysis_sets(),
+                device=device or "cpu",
+                force=redo,
+                log=log,
+            )
+    report = build_report([root])
+    log(f"report: {report}")
+    return report

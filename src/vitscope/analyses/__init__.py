@@ -8,10 +8,10 @@ from __future__ import annotations
 from types import ModuleType
 
 from ..errors import VitscopeError
-from . import fourier, landscape, lesion, noise, overfitting, variance
+from . import fourier, hessian, landscape, lesion, noise, overfitting, variance
 from .base import EvalData, Result, TrainData
 
-_MODULES = (fourier, variance, noise, lesion, landscape, overfitting)
+_MODULES = (fourier, variance, noise, lesion, overfitting, landscape, hessian)
 ANALYSES: dict[str, ModuleType] = {m.__name__.rsplit(".", 1)[1]: m for m in _MODULES}
 
 

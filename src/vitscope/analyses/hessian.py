@@ -68,8 +68,8 @@ class Config:
 
     Defaults are sized for a CPU: on ``resnet_tiny`` / ``vit_tiny`` (0.3M parameters, batch
     64, one thread) a Hessian-vector product takes about 0.4 s and a top-5 Lanczos run
-    20-60 of them; the defaults spend roughly 250-350 products (4 Lanczos runs, one SLQ
-    density of 2 x 40, one 30-probe trace), 2-3 minutes for ``vitscope analyze RUN --only
+    20-35 of them; the defaults spend about 200-250 products (4 Lanczos runs, one SLQ
+    density of 2 x 40, one 30-probe trace): 100 s for ``vitscope analyze RUN --only
     hessian``. The paper took the top 5 of every mini-batch of (a fraction of) the training
     set, batch size 16 [UNVERIFIED]: raise ``batches`` on a GPU. Lanczos keeps its whole
     basis, ``max_iter x num_params`` numbers, preallocated.
@@ -381,7 +381,11 @@ def save_partial(path: Path, key: dict, records: dict[int, dict]) -> None:
 
 
 def summarize(records: Sequence[dict]) -> dict:
-    """Spectrum summary over every batch's top-k: negative fraction, extremes, quantiles."""
+    """Spectrum summary over every batch's top-k: negative fraction, extremes, median.
+
+    ``top1_mean`` averages each batch's eigenvalue of largest magnitude (signed);
+    ``largest_max`` / ``smallest_min`` are the extreme Ritz values over all batches.
+    """
     eigs = np.array([v for r in records for v in r["eigenvalues"]], dtype=float)
     largest = [r["largest"] for r in records]
     smallest = [r["smallest"] for r in records]

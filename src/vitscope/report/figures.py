@@ -188,9 +188,11 @@ FIGURES: dict[str, dict[str, Callable[[Result], plt.Figure]]] = {
 
 
 def _register_curvature_figures() -> None:
+    from .hessian_figures import FIGURES as HESSIAN
     from .landscape_figures import FIGURES as LANDSCAPE
 
     FIGURES["landscape"] = LANDSCAPE
+    FIGURES["hessian"] = HESSIAN
 
 
 _register_curvature_figures()

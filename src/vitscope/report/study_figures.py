@@ -1,0 +1,188 @@
+"""Figures across the runs of a study: overfitting (spec §6, Fig 1b), data size, build-up.
+
+They read :class:`~vitscope.report.findings.StudyRun` records (metrics.jsonl and the
+``overfitting`` results), never models:
+
+- :func:`overfitting_figure`: test error (%) vs training NLL on augmented data, one point per
+  run labelled by model (Fig 1b). A hollow marker is a run without an ``overfitting`` result,
+  whose training NLL falls back to the last ``train_nll`` of metrics.jsonl (the training
+  loop's running mean, in train mode); :func:`overfitting_caption` says which.
+- :func:`small_data_figure`: test error and training NLL vs the data fraction, a line per model.
+- :func:`accuracy_figure`: best test accuracy vs the data fraction, a line per model
+  (AlterNet vs ResNet vs ViT ...).
+- :func:`buildup_figure`: accuracy vs the number of MSAs of an AlterNet build-up (§7.2).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from .findings import OverfitPoint, StudyRun, family, pct  # noqa: E402
+from .hessian_figures import FAMILY_COLOURS  # noqa: E402
+
+# the paper's markers: ResNet diamonds, ViT circles
+FAMILY_MARKERS = {"ResNet": "D", "ViT": "o", "PiT": "s", "Swin": "^", "AlterNet": "P"}
+
+
+def model_styles(models: Sequence[str]) -> dict[str, dict]:
+    """``model -> {color, marker}``: colour by family, the next free colour for a second model
+    of the same family."""
+    cycle = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    used: set[str] = set()
+    out = {}
+    for m in dict.fromkeys(models):
+        fam = family(m)
+        colour = FAMILY_COLOURS.get(fam.lower(), cycle[len(out) % len(cycle)])
+        j = 0
+        while colour in used and j < len(cycle):
+            colour, j = cycle[j], j + 1
+        used.add(colour)
+        out[m] = {"color": colour, "marker": FAMILY_MARKERS.get(fam, "X")}
+    return out
+
+
+def _line_key(run: StudyRun, datasets: set[str]) -> tuple[str, str]:
+    """``(legend label, model)`` of the line a run belongs to."""
+    return (run.model if len(datasets) == 1 else f"{run.model} ({run.dataset})", run.model)
+
+
+def overfitting_caption(points: Sequence[OverfitPoint]) -> str:
+    """Where the training NLL of each point comes from."""
+    fallback = [p.run.name for p in points if p.source == "metrics"]
+    text = (
+        "Test error (best epoch) vs training NLL on augmented data "
+        "(`overfitting` result, filled markers)"
+    )
+    if fallback:
+        text += (
+            "; hollow markers: no `overfitting` result, last `train_nll` of metrics.jsonl "
+            f"(training loop, train mode) instead, for {', '.join(fallback)}"
+        )
+    return text + ". Paper Fig 1b: error and training NLL rise together (no overfitting)."
+
+
+def plot_overfitting(points: Sequence[OverfitPoint], ax) -> None:
+    """Fig 1b: one point per run, test error (%) against training NLL, labelled by model."""
+    styles = model_styles([p.run.model for p in points])
+    for p in points:
+        st = styles[p.run.model]
+        filled = p.source == "overfitting"
+        ax.scatter(
+            p.train_nll,
+            p.test_error,
+            marker=st["marker"],
+            s=40,
+            color=st["color"] if filled else "none",
+            edgecolors=st["color"],
+            linewidths=1.2,
+            zorder=3,
+        )
+        ax.annotate(
+            p.run.label, (p.train_nll, p.test_error), xytext=(4, 3), textcoords="offset points",
+            fontsize=7,
+        )  # fmt: skip
+    ax.set_xlabel("NLL$_{train}$ (augmented)")
+    ax.set_ylabel("Test error (%)")
+    ax.margins(0.15)
+    ax.grid(alpha=0.3)
+
+
+def overfitting_figure(points: Sequence[OverfitPoint]) -> plt.Figure:
+    fig, ax = plt.subplots(figsize=(5, 3.8), layout="constrained")
+    plot_overfitting(points, ax)
+    ax.set_title("Test error vs training NLL", fontsize=10)
+    return fig
+
+
+def _fraction_axis(ax, fractions: Sequence[float]) -> None:
+    ax.set_xscale("log")
+    ticks = sorted(set(fractions))
+    ax.set_xticks(ticks, [pct(f) for f in ticks])
+    ax.minorticks_off()
+    ax.set_xlabel("Training data (fraction)")
+    ax.grid(alpha=0.3)
+
+
+def _lines(ax, series: dict[tuple[str, str], list[tuple[float, float, bool]]], styles) -> None:
+    """A line per ``(label, model)`` through ``(fraction, value, filled)`` points."""
+    for (label, model), pts in series.items():
+        pts = sorted(pts)
+        st = styles[model]
+        x, y = [p[0] for p in pts], [p[1] for p in pts]
+        ax.plot(x, y, color=st["color"], lw=1.3, label=label)
+        for f, v, filled in pts:
+            ax.scatter(
+                f, v, marker=st["marker"], s=30, zorder=3, edgecolors=st["color"],
+                color=st["color"] if filled else "none",
+            )  # fmt: skip
+
+
+def small_data_figure(points: Sequence[OverfitPoint]) -> plt.Figure:
+    """Test error and training NLL against the data fraction, one line per model."""
+    datasets = {p.run.dataset for p in points}
+    styles = model_styles([p.run.model for p in points])
+    err: dict[tuple[str, str], list] = {}
+    nll: dict[tuple[str, str], list] = {}
+    for p in points:
+        key = _line_key(p.run, datasets)
+        err.setdefault(key, []).append((p.run.fraction, p.test_error, True))
+        nll.setdefault(key, []).append((p.run.fraction, p.train_nll, p.source == "overfitting"))
+    fig, (ax_e, ax_n) = plt.subplots(1, 2, figsize=(8.5, 3.4), layout="constrained")
+    _lines(ax_e, err, styles)
+    _lines(ax_n, nll, styles)
+    for ax in (ax_e, ax_n):
+        _fraction_axis(ax, [p.run.fraction for p in points])
+    ax_e.set_ylabel("Test error (%)")
+    ax_n.set_ylabel("NLL$_{train}$ (augmented)")
+    ax_e.set_title("Test error vs data size", fontsize=10)
+    ax_n.set_title("Training NLL vs data size", fontsize=10)
+    ax_n.legend(fontsize=7, loc="best")
+    return fig
+
+
+def accuracy_figure(runs: Sequence[StudyRun]) -> plt.Figure:
+    """Best test accuracy (%) against the data fraction, one line per model."""
+    runs = [r for r in runs if r.best_acc is not None]
+    datasets = {r.dataset for r in runs}
+    styles = model_styles([r.model for r in runs])
+    series: dict[tuple[str, str], list] = {}
+    for r in runs:
+        series.setdefault(_line_key(r, datasets), []).append((r.fraction, 100 * r.best_acc, True))
+    fig, ax = plt.subplots(figsize=(5.5, 3.6), layout="constrained")
+    _lines(ax, series, styles)
+    _fraction_axis(ax, [r.fraction for r in runs])
+    ax.set_ylabel("Best test accuracy (%)")
+    ax.set_title("Accuracy vs data size", fontsize=10)
+    ax.legend(fontsize=7, loc="best")
+    return fig
+
+
+def buildup_figure(steps: Sequence[dict]) -> plt.Figure:
+    """Accuracy (%) against the number of MSAs of each build-up step, labelled (spec §7.2).
+
+    Args:
+        steps: ``{"label", "num_msas", "acc"}`` dicts (accuracy in %), in search order.
+    """
+    fig, ax = plt.subplots(figsize=(5.5, 3.6), layout="constrained")
+    x = np.array([s["num_msas"] for s in steps], float)
+    y = np.array([s["acc"] for s in steps], float)
+    ax.plot(x, y, color="0.6", lw=0.8, zorder=1)
+    best = int(np.nanargmax(y))
+    colours = ["tab:orange" if i == best else "tab:blue" for i in range(len(steps))]
+    ax.scatter(x, y, c=colours, s=30, zorder=3)
+    for s, xi, yi in zip(steps, x, y):
+        ax.annotate(
+            str(s["label"]), (xi, yi), xytext=(3, 4), textcoords="offset points", fontsize=7
+        )
+    ax.set_xlabel("Number of MSAs")
+    ax.set_ylabel("Test accuracy (%)")
+    ax.set_title("AlterNet build-up", fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.margins(0.12)
+    return fig
