@@ -8,7 +8,7 @@ FMNIST_DEB := /usr/share/datasets/fashion-mnist
 FMNIST_CACHE := $(or $(VITSCOPE_CACHE),$(HOME)/.cache/vitscope)/fashion-mnist
 DEMO_OUT ?= runs/demo
 
-.PHONY: demo test setup dev data bench lint clean
+.PHONY: demo test setup dev data browser bench lint clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -36,11 +36,21 @@ data: $(VENV)/.installed
 		$(BIN)/vitscope fetch fashion-mnist; \
 	fi
 
+# Headless Chromium for the report's browser test (Debian's chromium package).
+browser:
+	@if [ -x /usr/bin/chromium ]; then \
+		echo "chromium present"; \
+	elif command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+		(apt-get install -y -qq chromium || (apt-get update -qq && apt-get install -y -qq chromium)); \
+	else \
+		echo "no /usr/bin/chromium and no apt: the browser test will be skipped"; \
+	fi
+
 demo: data
 	$(BIN)/vitscope train --preset cpu --model resnet_tiny --data fashion-mnist --fraction 0.25 --out $(DEMO_OUT)/resnet_tiny
 
-test: dev data
-	$(BIN)/python -m pytest
+test: dev data browser
+	VITSCOPE_TEST_ARTIFACTS=$(CURDIR)/runs/test-artifacts $(BIN)/python -m pytest
 
 bench: setup
 	$(BIN)/python benchmarks/train_throughput.py

@@ -18,13 +18,16 @@ __version__ = "0.1.0"
 from .config import RunConfig, resolve  # noqa: E402
 from .errors import VitscopeError  # noqa: E402
 from .models import Block, blocks, create_model, feature_maps, list_models  # noqa: E402
-from .study import analyze, analyze_model  # noqa: E402
+from .report import build_report  # noqa: E402
+from .study import analyze, analyze_model, reproduce  # noqa: E402
 from .train import evaluate_run, load_model, train  # noqa: E402
 
 __all__ = [
     "Block",
     "analyze",
     "analyze_model",
+    "build_report",
+    "reproduce",
     "RunConfig",
     "VitscopeError",
     "__version__",

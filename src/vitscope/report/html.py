@@ -648,18 +648,18 @@ code{background:#eef1f4;padding:0 .3em;border-radius:3px;font-size:.92em}
 table{border-collapse:collapse;margin:1em 0;background:#fff;font-size:.86em;width:auto}
 th,td{border:1px solid #d8dee4;padding:4px 8px;text-align:left;vertical-align:top}
 th{background:#eef1f4}tr:nth-child(even) td{background:#f7f9fa}
-#findings td:nth-child(4){min-width:22em}#findings td:nth-child(5){color:#5b6670;
- font-size:.92em;min-width:22em}
+#findings td:nth-child(2){min-width:13em}#findings td:nth-child(4){min-width:22em}
+#findings td:nth-child(5){color:#5b6670;font-size:.92em;min-width:22em}
 .verdict{font-weight:600;white-space:nowrap;border-radius:4px;padding:1px 6px}
 .v-holds{background:#dcf5e3;color:#146c2e}.v-fails{background:#fde2e1;color:#a4161a}
 .v-inconclusive{background:#eceff2;color:#4b5560}
-.gallery{display:flex;flex-wrap:wrap;gap:14px;margin:.8em 0}
+.gallery{display:flex;flex-wrap:wrap;align-items:flex-start;gap:14px;margin:.8em 0}
 figure{margin:0;background:#fff;border:1px solid #d8dee4;border-radius:6px;padding:8px;
  max-width:100%;box-sizing:border-box}
 figure img{display:block;max-width:100%;height:auto}
-figure.small img{width:380px}figure.wide img{width:620px}
-figcaption{font-size:.8em;color:#5b6670;max-width:620px;margin-top:4px}
-figure.small figcaption{max-width:380px}
+figure.small img{width:360px}figure.wide img{width:560px}
+figcaption{font-size:.8em;color:#5b6670;max-width:560px;margin-top:4px}
+figure.small figcaption{max-width:360px}
 """
 
 

@@ -133,7 +133,7 @@ def small_data_figure(points: Sequence[OverfitPoint]) -> plt.Figure:
         key = _line_key(p.run, datasets)
         err.setdefault(key, []).append((p.run.fraction, p.test_error, True))
         nll.setdefault(key, []).append((p.run.fraction, p.train_nll, p.source == "overfitting"))
-    fig, (ax_e, ax_n) = plt.subplots(1, 2, figsize=(8.5, 3.4), layout="constrained")
+    fig, (ax_e, ax_n) = plt.subplots(1, 2, figsize=(7.5, 3.2), layout="constrained")
     _lines(ax_e, err, styles)
     _lines(ax_n, nll, styles)
     for ax in (ax_e, ax_n):

@@ -1,0 +1,98 @@
+import pytest
+import yaml
+
+from vitscope.cli import main
+from vitscope.config import from_dict
+from vitscope.errors import DatasetError, VitscopeError
+from vitscope.study import StudyConfig, list_studies, load_study, reproduce
+
+
+@pytest.mark.parametrize("name", list_studies())
+def test_every_study_preset_loads_and_resolves(name):
+    study = load_study(name)
+    assert study.description and study.models
+    runs = study.run_configs()
+    assert len(runs) == len(study.models) * len(study.fractions)
+    study.analysis_sets()
+
+
+def test_shipped_presets_are_the_issue_s():
+    assert {"smoke", "cpu-mini", "fashion-mnist", "cifar10", "cifar100", "imagenet"} <= set(
+        list_studies()
+    )
+    mini = load_study("cpu-mini")
+    assert set(mini.models) == {"resnet_tiny", "vit_tiny", "alternet_tiny", "pit_tiny", "swin_tiny"}
+    assert 1.0 in mini.fractions and min(mini.fractions) < 0.1
+
+
+def _smoke(folder):
+    data = yaml.safe_load(open(load_study.__globals__["_study_dir"]() / "smoke.yaml"))
+    data["train"]["data"] = {"name": "folder", "root": str(folder)}
+    data["fractions"] = [1.0]
+    return from_dict(StudyConfig, data, "study")
+
+
+def test_reproduce_end_to_end_then_resume_then_force(folder_data, tmp_path):
+    study = _smoke(folder_data)
+    out = tmp_path / "study"
+    log: list[str] = []
+    report = reproduce(study, out, log=log.append)
+    assert report == out / "report.html" and report.is_file()
+    for run in ("resnet_tiny-f1", "vit_tiny-f1"):
+        for analysis in study.analyses:
+            assert (out / "runs" / run / "results" / f"{analysis}.json").is_file(), (run, analysis)
+        assert not list((out / "runs" / run / "results").glob("*.partial.*"))
+    # a second call resumes: nothing is trained or recomputed
+    again: list[str] = []
+    mtime = (out / "runs" / "vit_tiny-f1" / "checkpoints" / "last.pt").stat().st_mtime_ns
+    reproduce(study, out, log=again.append)
+    assert (out / "runs" / "vit_tiny-f1" / "checkpoints" / "last.pt").stat().st_mtime_ns == mtime
+    assert sum("exists, skipped" in line for line in again) == 2 * len(study.analyses)
+    # --force one analysis redoes just that one
+    forced: list[str] = []
+    reproduce(study, out, force=["variance"], log=forced.append)
+    assert sum("exists, skipped" in line for line in forced) == 2 * (len(study.analyses) - 1)
+
+
+def test_reproduce_refuses_a_different_study_in_the_same_folder(folder_data, tmp_path):
+    study = _smoke(folder_data)
+    (tmp_path / "s").mkdir()
+    (tmp_path / "s" / "study.yaml").write_text(
+        yaml.safe_dump({"name": "other", "models": ["resnet_tiny"]})
+    )
+    with pytest.raises(VitscopeError, match="different study"):
+        reproduce(study, tmp_path / "s")
+
+
+def test_cifar_preset_without_data_stops_at_its_first_step(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("VITSCOPE_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("VITSCOPE_CIFAR100_URL", "http://127.0.0.1:9/cifar-100-python.tar.gz")
+    with pytest.raises(DatasetError):
+        reproduce("cifar100", tmp_path / "c", log=lambda _: None)
+    assert not list((tmp_path / "c").glob("runs/*/checkpoints"))
+    assert main(["reproduce", "--preset", "cifar100", "--out", str(tmp_path / "c")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1 and "cifar" in err.lower()
+
+
+@pytest.mark.parametrize(
+    "change, words",
+    [
+        ({"fractions": [0]}, "study.fractions"),
+        ({"analyses": {"nope": {}}}, "unknown analysis 'nope'"),
+        ({"model_overrides": {"vit_ti": {}}}, "not in study.models"),
+        ({"models": ["resnet_tiny", "nope_tiny"]}, "unknown model"),
+    ],
+)
+def test_bad_study_configs(change, words, tmp_path):
+    data = {"name": "x", "models": ["resnet_tiny"], **change}
+    f = tmp_path / "s.yaml"
+    f.write_text(yaml.safe_dump(data))
+    with pytest.raises(VitscopeError) as e:
+        load_study(str(f)).run_configs()
+    assert words in str(e.value) and "\n" not in str(e.value)
+
+
+def test_list_studies_cli(capsys):
+    assert main(["list", "studies"]) == 0
+    assert "cpu-mini" in capsys.readouterr().out
