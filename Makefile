@@ -47,7 +47,7 @@ browser:
 	fi
 
 demo: data
-	$(BIN)/vitscope train --preset cpu --model resnet_tiny --data fashion-mnist --fraction 0.25 --out $(DEMO_OUT)/resnet_tiny
+	$(BIN)/vitscope reproduce --preset cpu-mini --out $(DEMO_OUT)
 
 test: dev data browser
 	VITSCOPE_TEST_ARTIFACTS=$(CURDIR)/runs/test-artifacts $(BIN)/python -m pytest

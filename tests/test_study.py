@@ -48,6 +48,11 @@ def test_reproduce_end_to_end_then_resume_then_force(folder_data, tmp_path):
     reproduce(study, out, log=again.append)
     assert (out / "runs" / "vit_tiny-f1" / "checkpoints" / "last.pt").stat().st_mtime_ns == mtime
     assert sum("exists, skipped" in line for line in again) == 2 * len(study.analyses)
+    # the report rebuilds from saved results alone
+    html = report.read_text()
+    report.unlink()
+    assert main(["report", str(out)]) == 0
+    assert report.read_text().count("<img") == html.count("<img")
     # --force one analysis redoes just that one
     forced: list[str] = []
     reproduce(study, out, force=["variance"], log=forced.append)
