@@ -53,6 +53,21 @@ def make_blocks(model: nn.Module, units: Iterable[tuple[nn.Module, str, int, boo
     return [Block(names[id(m)], kind, stage, m, down) for m, kind, stage, down in units]
 
 
+def staged_token_units(model: nn.Module, pool_type: type) -> list[Block]:
+    """Units of a multi-stage transformer (PiT, Swin): ``model.stem``, then per stage its
+    ``pool_type`` downsampling modules (kind ``pool``) and each transformer block's ``attn``
+    and ``mlp`` residual units, then ``model.head``."""
+    units = [(model.stem, "stem", 0, False)]
+    for i, stage in enumerate(model.stages, start=1):
+        for m in stage:
+            if isinstance(m, pool_type):
+                units.append((m, "pool", i, True))
+            else:
+                units += [(m.attn, "msa", i, False), (m.mlp, "mlp", i, False)]
+    units.append((model.head, "head", len(model.stages) + 1, False))
+    return make_blocks(model, units)
+
+
 def blocks(model: nn.Module, spec: Spec | None = None) -> list[Block]:
     """The ordered residual-stream units of a model.
 

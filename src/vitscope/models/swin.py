@@ -17,7 +17,7 @@ from torch import nn
 
 from ..errors import ConfigError
 from . import build, register_model
-from .blocks import Block, make_blocks
+from .blocks import Block, staged_token_units
 from .layers import PatchEmbed, TokenHead, TransformerBlock, drop_path_rates, init_weights
 
 
@@ -118,15 +118,7 @@ class SwinTransformer(nn.Module):
 
     def vitscope_blocks(self) -> list[Block]:
         """Stem, then per stage a merging ``pool`` (stages 2+) and ``msa``/``mlp`` units, head."""
-        units = [(self.stem, "stem", 0, False)]
-        for i, stage in enumerate(self.stages, start=1):
-            for m in stage:
-                if isinstance(m, PatchMerging):
-                    units.append((m, "pool", i, True))
-                else:
-                    units += [(m.attn, "msa", i, False), (m.mlp, "mlp", i, False)]
-        units.append((self.head, "head", len(self.stages) + 1, False))
-        return make_blocks(self, units)
+        return staged_token_units(self, PatchMerging)
 
 
 def _swin(defaults: dict, **overrides) -> nn.Module:
