@@ -204,7 +204,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"vitscope {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = sub.add_parser("list", help="list models, datasets or presets")
+    p = sub.add_parser("list", help="list models, datasets, presets, studies or analyses")
     p.add_argument("what", choices=["models", "datasets", "presets", "studies", "analyses"])
     p.set_defaults(func=_cmd_list)
 
@@ -246,7 +246,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("analyze", help="run analyses on a run's checkpoint (or on any model)")
     p.add_argument("run_dir", nargs="?", help="run directory made by vitscope train")
     p.add_argument(
-        "--only", help="comma-separated analyses (default: all): fourier,variance,noise,lesion"
+        "--only", help="comma-separated analyses (default: all; see vitscope list analyses)"
     )
     p.add_argument(
         "--checkpoint",
