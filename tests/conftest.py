@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 COLOURS = [(220, 40, 40), (40, 200, 60), (50, 70, 230)]
@@ -35,3 +36,15 @@ def folder_data(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def folder_data_large(tmp_path_factory) -> Path:
     return write_folder_dataset(tmp_path_factory.mktemp("folder_large"), n_train=120, n_val=10)
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny models gain nothing from threads, and on shared cores two threads cost up to 10x.
+
+    Modules that want it say ``pytestmark = pytest.mark.usefixtures("one_thread")``.
+    """
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

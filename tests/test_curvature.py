@@ -32,13 +32,7 @@ from vitscope.errors import ConfigError, VitscopeError
 F64 = torch.float64
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models gain nothing from threads, and on shared cores they cost 10x."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def by_magnitude(eigs: torch.Tensor, k: int) -> torch.Tensor:

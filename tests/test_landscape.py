@@ -29,13 +29,7 @@ from vitscope.report import landscape_figures as lf
 WD = 0.05
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models gain nothing from threads, and on shared cores they cost 10x."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 class SmallMLP(nn.Module):

@@ -80,6 +80,10 @@ class Result:
             body["name"], body["values"], arrays, body.get("config", {}), body.get("meta", {})
         )
 
+    def label(self, default: str = "") -> str:
+        """How figures name this result: ``meta.label``, else ``meta.model``, else ``default``."""
+        return str(self.meta.get("label") or self.meta.get("model") or default)
+
     @staticmethod
     def exists(results_dir: str | Path, name: str) -> bool:
         return (Path(results_dir) / f"{name}.json").is_file()

@@ -15,18 +15,13 @@ import numpy as np
 
 from ..analyses.base import Result
 from ..errors import VitscopeError
-from .figures import save_figure
+from .figures import save_figure, unit_marker
 from .hessian_figures import spectrum_figure
 from .landscape_figures import plot_landscape_1d
 
 
 def _label(result: Result) -> str:
-    return str(result.meta.get("label") or result.meta.get("model") or result.meta.get("run", "?"))
-
-
-def _marker(result: Result) -> str:
-    units = result.values.get("units", [])
-    return "o" if any(u["kind"] == "msa" for u in units) else "D"
+    return result.label(result.meta.get("run", "?"))
 
 
 def _over_depth(key: str, ylabel: str, *, ymin: float | None = None) -> Callable:
@@ -35,7 +30,14 @@ def _over_depth(key: str, ylabel: str, *, ymin: float | None = None) -> Callable
         for r in results:
             depth = [u["depth"] for u in r.values["units"]]
             values = np.array([np.nan if v is None else v for v in r.values[key]], dtype=float)
-            ax.plot(depth, values, marker=_marker(r), ms=4, lw=1.2, label=_label(r))
+            ax.plot(
+                depth,
+                values,
+                marker=unit_marker(r.values.get("units", [])),
+                ms=4,
+                lw=1.2,
+                label=_label(r),
+            )
         if ymin is not None:
             ax.set_ylim(bottom=ymin)
         else:

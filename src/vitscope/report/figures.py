@@ -24,10 +24,6 @@ MSA_SPAN = dict(color="0.85", alpha=0.6, lw=0)
 DOWN_SPAN = dict(color="tab:blue", alpha=0.15, lw=0)
 
 
-def _label(result: Result) -> str:
-    return str(result.meta.get("label") or result.meta.get("model") or "")
-
-
 def shade_units(ax, units: list[dict]) -> None:
     """Grey spans over MSA units and blue over downsampling ones: ``[(i-1)/(N-1), i/(N-1)]``."""
     n = len(units)
@@ -67,7 +63,8 @@ def _depth_line(ax, depth: np.ndarray, values: np.ndarray, marker: str) -> None:
     ax.set_xlim(-0.02, 1.02)
 
 
-def _marker(units: list[dict]) -> str:
+def unit_marker(units: list[dict]) -> str:
+    """'o' for models with MSA units (the paper's ViT marker), 'D' otherwise (ResNet)."""
     return "o" if any(u["kind"] == "msa" for u in units) else "D"
 
 
@@ -82,7 +79,7 @@ def plot_fourier_curves(result: Result, ax) -> None:
     ax.set_xticks([0, 0.5, 1.0], ["0.0π", "0.5π", "1.0π"])
     sm = plt.cm.ScalarMappable(cmap=cmap, norm=plt.Normalize(0, 1))
     ax.figure.colorbar(sm, ax=ax, label="Normalized depth")
-    ax.set_title(_label(result) or "Fourier analysis")
+    ax.set_title(result.label() or "Fourier analysis")
 
 
 def plot_high_freq(result: Result, ax) -> None:
@@ -90,11 +87,11 @@ def plot_high_freq(result: Result, ax) -> None:
     units = result.values["units"]
     shade_units(ax, units)
     depth = np.array([u["depth"] for u in units])
-    _depth_line(ax, depth, np.array(result.values["high_freq"], dtype=float), _marker(units))
+    _depth_line(ax, depth, np.array(result.values["high_freq"], dtype=float), unit_marker(units))
     ax.autoscale_view(scalex=False)
     ax.set_xlabel("Normalized depth")
     ax.set_ylabel("ΔLog amplitude (1.0π)")
-    ax.set_title(_label(result) or "High-frequency amplitude")
+    ax.set_title(result.label() or "High-frequency amplitude")
 
 
 def plot_fourier_maps(result: Result, fig, max_maps: int = 12) -> None:
@@ -111,7 +108,7 @@ def plot_fourier_maps(result: Result, fig, max_maps: int = 12) -> None:
         ax.set_title(f"{i}: {units[i]['kind']}", fontsize=7)
         ax.set_xticks([])
         ax.set_yticks([])
-    fig.suptitle(f"{_label(result)} log amplitude (relative to DC)".strip(), fontsize=9)
+    fig.suptitle(f"{result.label()} log amplitude (relative to DC)".strip(), fontsize=9)
 
 
 def plot_variance(result: Result, ax) -> None:
@@ -119,24 +116,24 @@ def plot_variance(result: Result, ax) -> None:
     units = result.values["units"]
     shade_units(ax, units)
     depth = np.array([u["depth"] for u in units])
-    _depth_line(ax, depth, np.array(result.values["variance"], dtype=float), _marker(units))
+    _depth_line(ax, depth, np.array(result.values["variance"], dtype=float), unit_marker(units))
     ax.set_ylim(bottom=0)
     ax.autoscale_view(scalex=False)
     ax.set_xlabel("Normalized depth")
     ax.set_ylabel("Feature map variance")
-    ax.set_title(_label(result) or "Feature-map variance")
+    ax.set_title(result.label() or "Feature-map variance")
 
 
 def plot_noise(result: Result, ax) -> None:
     """Fig 2b: accuracy change under band-limited noise against the noise frequency."""
     v = result.values
-    ax.plot(v["frequencies"], v["delta_acc"], marker="o", label=_label(result) or None)
+    ax.plot(v["frequencies"], v["delta_acc"], marker="o", label=result.label() or None)
     ax.axhline(0, color="0.6", lw=0.8)
     ax.set_xlim(0, 1)
     ax.set_xticks([0, 0.5, 1.0], ["0.0π", "0.5π", "1.0π"])
     ax.set_xlabel("Noise frequency")
     ax.set_ylabel("ΔAccuracy (%)")
-    ax.set_title(f"{_label(result)} (eps={result.config.get('eps')})".strip())
+    ax.set_title(f"{result.label()} (eps={result.config.get('eps')})".strip())
 
 
 def plot_lesion(result: Result, ax) -> None:
@@ -157,7 +154,7 @@ def plot_lesion(result: Result, ax) -> None:
     ax.legend(fontsize=7)
     ax.set_xlabel("Normalized depth")
     ax.set_ylabel("ΔAccuracy (%)")
-    ax.set_title(_label(result) or "Lesion study")
+    ax.set_title(result.label() or "Lesion study")
 
 
 def _single(plot: Callable, size=(4, 3.3)) -> Callable[[Result], plt.Figure]:

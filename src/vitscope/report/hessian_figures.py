@@ -36,10 +36,6 @@ FAMILY_COLOURS = {
 GRID_POINTS = 400
 
 
-def _label(result: Result, i: int = 0) -> str:
-    return str(result.meta.get("label") or result.meta.get("model") or f"run {i + 1}")
-
-
 def top_eigenvalues(result: Result) -> np.ndarray:
     """Every batch's top-k eigenvalues of a ``hessian`` result, flat, finite values only."""
     eig = result.arrays.get("eigenvalues")
@@ -84,7 +80,7 @@ def _styles(results: Sequence[Result]) -> list[dict]:
     cycle = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     used, out = set(), []
     for i, r in enumerate(results):
-        label = _label(r, i)
+        label = r.label(f"run {i + 1}")
         name = f"{label} {r.meta.get('model', '')}".lower()
         colour = next((c for fam, c in FAMILY_COLOURS.items() if fam in name), cycle[0])
         fraction = r.meta.get("fraction")
@@ -188,7 +184,7 @@ def plot_slq_density(result: Result, ax, *, sigma: float | None = None) -> None:
     ax.axvline(0, color="0.6", lw=0.8)
     ax.set_xlabel("Eigenvalue")
     ax.set_ylabel("Density (SLQ)")
-    ax.set_title(f"{_label(result)} Hessian ESD".strip(), fontsize=9)
+    ax.set_title(f"{result.label('run 1')} Hessian ESD".strip(), fontsize=9)
 
 
 def _draw_spectrum(result: Result) -> plt.Figure:

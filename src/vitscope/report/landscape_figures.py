@@ -25,10 +25,6 @@ CMAP = "plasma"
 ELEV, AZIM = 15, 15  # the released notebook's view of the surface
 
 
-def _label(result: Result) -> str:
-    return str(result.meta.get("label") or result.meta.get("model") or "")
-
-
 def _raw(result: Result, which: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """``xs``, ``ys`` and the grid of ``which`` (rows y), non-finite entries as NaN."""
     if which not in QUANTITIES:
@@ -55,7 +51,7 @@ def landscape_slice(result: Result, which: str = "loss") -> tuple[np.ndarray, np
 
 
 def _title(result: Result, which: str) -> str:
-    return f"{_label(result)}  {QUANTITIES[which]}".strip()
+    return f"{result.label()}  {QUANTITIES[which]}".strip()
 
 
 def plot_landscape_contour(result: Result, ax, which: str = "loss") -> None:
@@ -93,12 +89,12 @@ def plot_landscape_1d(results: Sequence[Result], ax, which: str = "loss") -> Non
     """Curves of ``z - min(z)`` along d1 through the centre, one per run, overlaid."""
     for r in results:
         xs, z = landscape_slice(r, which)
-        ax.plot(xs, _shifted(z), marker="o", ms=3, label=_label(r) or None)
+        ax.plot(xs, _shifted(z), marker="o", ms=3, label=r.label() or None)
     ax.axvline(0, color="0.6", lw=0.8)
     ax.set_xlabel("d1")
     ax.set_ylabel(f"{QUANTITIES[which]} − min")
     ax.set_title(QUANTITIES[which], fontsize=9)
-    if any(_label(r) for r in results):
+    if any(r.label() for r in results):
         ax.legend(fontsize=7)
 
 
