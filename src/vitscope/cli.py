@@ -54,11 +54,16 @@ def _train_overrides(args: argparse.Namespace) -> dict:
         ("train", "device"): args.device,
         ("train", "seed"): args.seed,
     }
+    return _nest(flags, args.no_progress)
+
+
+def _nest(flags: dict, no_progress: bool) -> dict:
+    """``{(section, key): value}`` flags (None = not given) as a nested config mapping."""
     out: dict = {}
     for (section, key), value in flags.items():
         if value is not None:
             out.setdefault(section, {})[key] = value
-    if args.no_progress:
+    if no_progress:
         out.setdefault("train", {})["progress"] = False
     return out
 
@@ -186,6 +191,35 @@ def _cmd_reproduce(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_buildup(args: argparse.Namespace) -> int:
+    from .buildup import BuildupConfig, buildup
+    from .config import merge, parse_overrides
+
+    flags = {
+        ("data", "name"): args.data,
+        ("data", "root"): args.data_root,
+        ("data", "fraction"): args.fraction,
+        ("train", "epochs"): args.epochs,
+        ("train", "warmup_epochs"): args.warmup_epochs,
+        ("train", "device"): args.device,
+        ("train", "seed"): args.seed,
+    }
+    overrides = merge(_nest(flags, args.no_progress), parse_overrides(args.set or []))
+    cfg = BuildupConfig(
+        base=args.base,
+        train_preset=args.preset,
+        overrides=overrides,
+        max_msas=args.max_msas,
+        min_stage=args.min_stage,
+        min_gain=args.min_gain,
+    )
+    state = buildup(cfg, args.out)
+    best = state["best"]
+    print(f"best: {best['layout']}  test accuracy {best['acc']:.4f}  (msas={best['msas']})")
+    print(f"buildup: {Path(args.out) / 'buildup.json'}")
+    return 0
+
+
 def _cmd_report(args: argparse.Namespace) -> int:
     from .report import build_report
 
@@ -281,6 +315,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
     p.add_argument("--out", required=True, help="figure file (.png or .pdf)")
     p.set_defaults(func=_cmd_compare)
+
+    p = sub.add_parser(
+        "buildup",
+        help="AlterNet build-up search: replace a CNN's stage-ending Convs with MSAs (resumes)",
+    )
+    p.add_argument("--base", default="resnet_tiny", help="base CNN: resnet_tiny (default), "
+                   "resnet18, resnet50, resnet50_imagenet, or an alternet* model")  # fmt: skip
+    p.add_argument("--preset", default="cpu", help="training recipe of every candidate")
+    p.add_argument("--data", help="dataset name (vitscope list datasets)")
+    p.add_argument("--data-root", help="folder holding the dataset files")
+    p.add_argument("--fraction", type=float, help="class-balanced training fraction")
+    p.add_argument("--epochs", type=int, help="main epochs of every candidate")
+    p.add_argument("--warmup-epochs", type=int, help="warm-up epochs of every candidate")
+    p.add_argument("--max-msas", type=int, help="stop once the best layout has this many MSAs")
+    p.add_argument("--min-stage", type=int, default=1, help="earliest stage given an MSA")
+    p.add_argument("--min-gain", type=float, default=0.0,
+                   help="accuracy gain (fraction) an MSA must bring to be kept")  # fmt: skip
+    p.add_argument("--device", help="cpu (default), cuda, cuda:N")
+    p.add_argument("--seed", type=int, help="random seed of every candidate")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="any config field")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--out", required=True, help="search directory (re-running resumes it)")
+    p.set_defaults(func=_cmd_buildup)
 
     p = sub.add_parser(
         "reproduce", help="a whole study: train the grid, run every analysis, report"
