@@ -18,6 +18,7 @@ TINY_LAYOUTS = {
     "resnet_tiny": "scccccccch",
     "alternet_tiny": "scccacacah",
     "vit_tiny": "s" + "am" * 6 + "h",
+    "vit_local_tiny": "s" + "am" * 6 + "h",
     "pit_tiny": "sampamampamh",
     "swin_tiny": "s" + "amam" + "pamam" + "pamamh",
 }

@@ -140,13 +140,18 @@ def attend(
 ) -> torch.Tensor:
     """``softmax(q k^T / sqrt(d) + bias) v`` over the last two dims; any leading dims broadcast.
 
+    ``bias`` is an additive float bias, or a boolean mask (True = the query may attend to the
+    key) whose False pairs are left out of the softmax exactly; every row needs one True.
     Explicit by default so that double backward works; see :func:`use_fused_attention`.
     """
     if _FUSED_ATTENTION:
-        bias = None if bias is None else bias.to(q.dtype)  # autocast may have lowered q only
+        if bias is not None and bias.dtype != torch.bool:
+            bias = bias.to(q.dtype)  # autocast may have lowered q only
         return F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
     logits = (q * q.shape[-1] ** -0.5) @ k.transpose(-2, -1)  # (..., N, N)
-    if bias is not None:
+    if bias is not None and bias.dtype == torch.bool:
+        logits = logits.masked_fill(~bias, float("-inf"))
+    elif bias is not None:
         logits = logits + bias
     return logits.softmax(dim=-1) @ v
 
@@ -186,10 +191,32 @@ def _window_mask(h: int, w: int, win: int, shift: int) -> torch.Tensor | None:
     return mask[:, None]
 
 
+@functools.lru_cache(maxsize=32)
+def _neighbourhood_mask(h: int, w: int, kernel: int) -> torch.Tensor | None:
+    """Boolean mask ``(N, N)`` over an ``h x w`` token grid, or None if it allows every pair.
+
+    Query ``(i, j)`` may attend key ``(a, b)`` iff ``|a - i| <= kernel // 2`` and
+    ``|b - j| <= kernel // 2``: a centred ``kernel x kernel`` neighbourhood whose out-of-image
+    part is simply absent (not zero keys), i.e. 2-D convolutional self-attention with
+    ``padding = (kernel - 1) / 2`` and the padding excluded from the softmax.
+    """
+    r = kernel // 2
+    if r >= max(h, w) - 1:
+        return None
+    rows = torch.arange(h).repeat_interleave(w)  # (N,) grid row of each token
+    cols = torch.arange(w).repeat(h)
+    near_rows = (rows[:, None] - rows[None, :]).abs() <= r  # (N, N): query x key
+    near_cols = (cols[:, None] - cols[None, :]).abs() <= r
+    return near_rows & near_cols
+
+
 class Attention(nn.Module):
-    """Multi-head self-attention, global over tokens or local over windows of a 2-D map.
+    """Multi-head self-attention: global, local to a neighbourhood, or over windows of a 2-D map.
 
     Global (``window=None``): ``(B, N, dim) -> (B, N, out_dim)``.
+    Local (``kernel=k``): the same on the tokens of a square ``n x n`` grid (``N = n^2``,
+    row-major, no prefix tokens); each query attends only to the keys of its centred ``k x k``
+    neighbourhood that lie inside the grid (convolutional self-attention, Yang et al. 2019).
     Windowed: ``(B, H, W, dim) -> (B, H, W, out_dim)`` over non-overlapping ``window x window``
     windows, optionally cyclically shifted (Swin, Liu et al. 2021). A map not divisible by the
     window is zero-padded and cropped back (padding is masked out of the keys); a map no larger
@@ -202,6 +229,8 @@ class Attention(nn.Module):
         out_dim: output channels (default ``dim``).
         qkv_bias: bias on the query/key/value projection.
         window: window side, or None for global attention.
+        kernel: odd side of the local neighbourhood on a square token grid, or None for
+            global attention; exclusive with ``window``.
         shift: cyclic shift of the windows (Swin's shifted windows), ``< window``.
         rel_pos: relative-position bias inside windows: ``"per_head"`` (Swin: one table per
             head), ``"shared"`` (AlterNet: one scalar table for all heads) or None.
@@ -216,10 +245,15 @@ class Attention(nn.Module):
         out_dim: int | None = None,
         qkv_bias: bool = False,
         window: int | None = None,
+        kernel: int | None = None,
         shift: int = 0,
         rel_pos: str | None = None,
     ) -> None:
         super().__init__()
+        if kernel is not None and (kernel < 1 or kernel % 2 == 0):
+            raise ConfigError(f"attention kernel must be odd and >= 1, got {kernel}")
+        if kernel is not None and window is not None:
+            raise ConfigError("attention takes a kernel or a window, not both")
         if rel_pos not in (None, "per_head", "shared"):
             raise ConfigError(f"rel_pos must be None, 'per_head' or 'shared', got {rel_pos!r}")
         if rel_pos is not None and window is None:
@@ -227,7 +261,7 @@ class Attention(nn.Module):
         if window is not None and not 0 <= shift < window:
             raise ConfigError(f"shift must be in [0, window={window}), got {shift}")
         head_dim = head_dim or dim // heads
-        self.heads, self.window, self.shift = heads, window, shift
+        self.heads, self.window, self.kernel, self.shift = heads, window, kernel, shift
         self.qkv = nn.Linear(dim, 3 * heads * head_dim, bias=qkv_bias)
         self.proj = nn.Linear(heads * head_dim, out_dim or dim)
         self.relative_position_bias_table = None
@@ -237,9 +271,21 @@ class Attention(nn.Module):
             self.relative_position_bias_table = nn.Parameter(nn.init.trunc_normal_(table, std=0.02))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.kernel is not None:
+            return self._attend_tokens(x, self._neighbourhood(x))
         if self.window is None:
             return self._attend_tokens(x, None)
         return self._attend_windows(x)
+
+    def _neighbourhood(self, x: torch.Tensor) -> torch.Tensor | None:
+        n = math.isqrt(x.shape[-2])
+        if n * n != x.shape[-2]:
+            raise VitscopeError(
+                f"local attention needs the tokens of a square grid, got {x.shape[-2]} tokens "
+                "(a CLS token? use head='gap')"
+            )
+        mask = _neighbourhood_mask(n, n, self.kernel)
+        return None if mask is None else mask.to(x.device)
 
     def _attend_tokens(self, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
         # x: (..., N, dim) -> (..., N, out_dim)
@@ -290,12 +336,19 @@ class TransformerBlock(nn.Module):
         qkv_bias: bool = False,
         drop_path: float = 0.0,
         window: int | None = None,
+        kernel: int | None = None,
         shift: int = 0,
         rel_pos: str | None = None,
     ) -> None:
         super().__init__()
         attention = Attention(
-            dim, heads=heads, qkv_bias=qkv_bias, window=window, shift=shift, rel_pos=rel_pos
+            dim,
+            heads=heads,
+            qkv_bias=qkv_bias,
+            window=window,
+            kernel=kernel,
+            shift=shift,
+            rel_pos=rel_pos,
         )
         norm = functools.partial(nn.LayerNorm, dim, eps=1e-6)
         self.attn = ResidualUnit(attention, norm=norm(), drop_path=drop_path)

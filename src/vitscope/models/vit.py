@@ -1,4 +1,9 @@
-"""Vision Transformer (Dosovitskiy et al., 2021), pre-norm, as timm's for CIFAR (spec §9)."""
+"""Vision Transformer (Dosovitskiy et al., 2021), pre-norm, as timm's for CIFAR (spec §9).
+
+With ``kernel=k`` every MSA is local: a 2-D convolutional self-attention over the centred
+``k x k`` neighbourhood of each token (Yang et al., 2019, "Convolutional Self-Attention
+Networks"), the paper's locality ablation (spec §7.4, Fig 7).
+"""
 
 from __future__ import annotations
 
@@ -7,6 +12,7 @@ from functools import partial
 import torch
 from torch import nn
 
+from ..errors import ConfigError
 from . import build, register_model
 from .blocks import Block, make_blocks
 from .layers import TokenHead, TokenStem, TransformerBlock, drop_path_rates, init_weights
@@ -27,6 +33,11 @@ class VisionTransformer(nn.Module):
         qkv_bias: bias on the query/key/value projection.
         head: ``"cls"`` (CLS token) or ``"gap"`` (mean of the patch tokens, no CLS token).
         drop_path: stochastic depth of the last block (linear in depth from 0).
+        kernel: side of the local attention neighbourhood on the token grid, or None (or 0)
+            for global attention. Needs ``head="gap"``. Odd ``k``: query ``(i, j)`` attends the
+            keys with ``|di|, |dj| <= k // 2`` inside the grid (out-of-grid positions are left
+            out of the softmax, not zero keys). Even ``k`` has no centred neighbourhood and is
+            accepted only when ``k >= grid``, meaning global (the paper's 8x8 on an 8x8 map).
     """
 
     def __init__(
@@ -43,6 +54,7 @@ class VisionTransformer(nn.Module):
         qkv_bias: bool = False,
         head: str = "cls",
         drop_path: float = 0.0,
+        kernel: int | None = None,
     ) -> None:
         super().__init__()
         self.num_classes = num_classes
@@ -50,7 +62,15 @@ class VisionTransformer(nn.Module):
         self.stem = TokenStem(
             in_chans, dim, patch=patch_size, img_size=img_size, cls_token=head == "cls"
         )
-        block = partial(TransformerBlock, dim, heads=heads, mlp_ratio=mlp_ratio, qkv_bias=qkv_bias)
+        self.kernel = _attention_kernel(kernel, grid=self.stem.grid, head=head)
+        block = partial(
+            TransformerBlock,
+            dim,
+            heads=heads,
+            mlp_ratio=mlp_ratio,
+            qkv_bias=qkv_bias,
+            kernel=self.kernel,
+        )
         self.blocks = nn.Sequential(
             *(block(drop_path=r) for r in drop_path_rates(drop_path, depth))
         )
@@ -69,6 +89,27 @@ class VisionTransformer(nn.Module):
         return make_blocks(self, units)
 
 
+def _attention_kernel(kernel: int | None, *, grid: int, head: str) -> int | None:
+    """The odd neighbourhood side each MSA uses, or None for global attention."""
+    if kernel is None or kernel == 0:
+        return None
+    if kernel < 0:
+        raise ConfigError(f"kernel must be a positive odd int, or None/0 for global; got {kernel}")
+    if head != "gap":
+        raise ConfigError(
+            f"kernel={kernel} (local attention) needs a token grid without a CLS token; "
+            f"use head='gap', got head={head!r}"
+        )
+    if kernel % 2 == 0:
+        if kernel < grid:
+            raise ConfigError(
+                f"kernel must be odd (a centred neighbourhood) unless it covers the "
+                f"{grid}x{grid} token grid (kernel >= {grid}: global); got {kernel}"
+            )
+        return None
+    return kernel
+
+
 def _vit(defaults: dict, **overrides) -> nn.Module:
     return build(VisionTransformer, defaults, overrides)
 
@@ -83,3 +124,19 @@ def vit_ti(**kw) -> nn.Module:
 def vit_tiny(**kw) -> nn.Module:
     """A 6-block ViT for CPU runs: 4x4 patches, 7x7 tokens at 28x28 input."""
     return _vit(dict(patch_size=4, dim=64, depth=6, heads=2, mlp_ratio=4), **kw)
+
+
+@register_model
+def vit_local_ti(**kw) -> nn.Module:
+    """ViT-Ti with 3x3 local MSA (spec §7.4): 16x16 tokens of 2x2 patches, GAP head, no CLS."""
+    return _vit(
+        dict(patch_size=2, dim=192, depth=12, heads=3, mlp_ratio=4, head="gap", kernel=3), **kw
+    )
+
+
+@register_model
+def vit_local_tiny(**kw) -> nn.Module:
+    """``vit_tiny`` with 3x3 local MSA and a GAP head: 7x7 tokens at 28x28 input."""
+    return _vit(
+        dict(patch_size=4, dim=64, depth=6, heads=2, mlp_ratio=4, head="gap", kernel=3), **kw
+    )
