@@ -1,9 +1,12 @@
+import json
+
 import pytest
 import yaml
 
 from vitscope.cli import main
 from vitscope.config import from_dict
-from vitscope.errors import DatasetError, VitscopeError
+from vitscope.errors import ConfigError, DatasetError, VitscopeError
+from vitscope.report import findings as F
 from vitscope.study import StudyConfig, list_studies, load_study, reproduce
 
 
@@ -101,3 +104,50 @@ def test_bad_study_configs(change, words, tmp_path):
 def test_list_studies_cli(capsys):
     assert main(["list", "studies"]) == 0
     assert "cpu-mini" in capsys.readouterr().out
+
+
+def test_reproduce_with_ablations_and_buildup(folder_data, tmp_path):
+    data = yaml.safe_load(open(load_study.__globals__["_study_dir"]() / "smoke.yaml"))
+    data["train"]["data"] = {"name": "folder", "root": str(folder_data)}
+    data["fractions"] = [1.0]
+    data["models"] = ["vit_tiny"]
+    data["analyses"] = {"hessian": data["analyses"]["hessian"]}
+    data["ablations"] = {
+        "vit_tiny-gap": {"model": {"name": "vit_tiny", "kwargs": {"head": "gap"}}},
+        "local-k3": {"model": {"name": "vit_local_tiny", "kwargs": {"kernel": 3}}},
+        "local-global": {"model": {"name": "vit_local_tiny", "kwargs": {"kernel": 0}}},
+    }
+    data["buildup"] = {"base": "resnet_tiny", "min_stage": 4}
+    study = from_dict(StudyConfig, data, "study")
+    out = tmp_path / "study"
+    report = reproduce(study, out, log=lambda s: None)
+    for run in ("vit_tiny-gap-f1", "local-k3-f1", "local-global-f1"):
+        assert (out / "ablations" / run / "results" / "hessian.json").is_file(), run
+    state = json.loads((out / "buildup" / "buildup.json").read_text())
+    assert state["status"] == "done" and [s["msas"] for s in state["steps"]][:2] == [
+        [0, 0, 0, 0],
+        [0, 0, 0, 1],
+    ]
+    html = report.read_text()
+    assert 'id="ablations"' in html and 'id="buildup"' in html
+    assert "vit_tiny head=gap" in html and "vit_local_tiny kernel=0" in html
+    _, runs = F.load_runs([out])
+    assert [r.name for r in runs] == ["vit_tiny-f1"]  # ablations stay out of the main claims
+    ablations = F.load_ablations([{"name": "s", "path": out}], runs)
+    found = {f.claim: f for f in F.check_all(runs, ablations)}
+    gap = next(f for c, f in found.items() if c.startswith("A GAP head"))
+    local = next(f for c, f in found.items() if c.startswith("Local MSAs"))
+    assert "vit_tiny folder 100%: GAP" in gap.evidence, gap
+    assert "3x3" in local.evidence and "global" in local.evidence, local
+    assert gap.verdict in F.VERDICTS and local.verdict in F.VERDICTS
+
+
+def test_ablation_and_buildup_config_errors():
+    base = {"models": ["vit_tiny"], "analyses": {"hessian": {}}}
+    with pytest.raises(ConfigError, match="ablations.x needs model"):
+        from_dict(StudyConfig, {**base, "ablations": {"x": {"kwargs": {}}}}, "study")
+    with pytest.raises(ConfigError, match="not in study.analyses"):
+        bad = {"x": {"model": {"name": "vit_tiny"}, "analyses": ["lesion"]}}
+        from_dict(StudyConfig, {**base, "ablations": bad}, "study")
+    with pytest.raises(ConfigError, match="unknown build-up base"):
+        from_dict(StudyConfig, {**base, "buildup": {"base": "vgg"}}, "study")

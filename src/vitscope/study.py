@@ -260,6 +260,13 @@ class StudyConfig:
     model_overrides: dict = field(default_factory=dict)  # model name -> RunConfig overrides
     fraction_overrides: dict = field(default_factory=dict)  # fraction -> RunConfig overrides
     analyses: dict = field(default_factory=dict)  # analysis name -> config fields; run in order
+    # ablation runs (spec §7.4), under <study>/ablations/<name>-f<fraction>/: name -> RunConfig
+    # overrides (with model.name and model.kwargs), plus optional `fractions` (default: the
+    # study's) and `analyses` (a subset of the study's, default: all of them)
+    ablations: dict = field(default_factory=dict)
+    # the AlterNet build-up search, under <study>/buildup/ (BuildupConfig fields, plus
+    # `fraction`); its candidates train with the study's recipe. Empty: no build-up.
+    buildup: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if not self.models:
@@ -285,24 +292,66 @@ class StudyConfig:
             raise ConfigError(
                 f"study.model_overrides names {stray[0]!r}, which is not in study.models"
             )
+        for name, spec in self.ablations.items():
+            if not isinstance(spec, dict) or "name" not in (spec.get("model") or {}):
+                raise ConfigError(f"study.ablations.{name} needs model: {{name: ..., kwargs: ...}}")
+            MODELS.get(spec["model"]["name"])
+            extra = sorted(set(spec.get("analyses") or ()) - set(self.analyses))
+            if extra:
+                raise ConfigError(
+                    f"study.ablations.{name}.analyses names {extra[0]!r}, which is not in "
+                    "study.analyses"
+                )
+            if any(not 0 < f <= 1 for f in spec.get("fractions") or ()):
+                raise ConfigError(f"study.ablations.{name}.fractions must be in (0, 1]")
+        if self.buildup:
+            self.buildup_config()  # bad fields raise here
 
     def run_name(self, model: str, fraction: float) -> str:
         return f"{model}-f{fraction:g}"
 
     def run_configs(self) -> dict[str, RunConfig]:
         """Run name -> resolved RunConfig, validated up front (before anything trains)."""
+        return {
+            self.run_name(model, fraction): self._resolve(
+                fraction, self.model_overrides.get(model, {}), {"model": {"name": model}}
+            )
+            for fraction in self.fractions
+            for model in self.models
+        }
+
+    def _resolve(self, fraction: float, *layers: dict) -> RunConfig:
+        overrides = merge(self.train, self.fraction_overrides.get(fraction, {}))
+        for layer in layers:
+            overrides = merge(overrides, layer)
+        overrides = merge(overrides, {"data": {"fraction": fraction}})
+        return resolve(preset=self.train_preset, overrides=overrides)
+
+    def ablation_runs(self) -> dict[str, tuple[RunConfig, list[str]]]:
+        """Ablation run name -> (resolved RunConfig, analyses to run on it)."""
         out = {}
-        for fraction in self.fractions:
-            for model in self.models:
-                overrides = merge(self.train, self.fraction_overrides.get(fraction, {}))
-                overrides = merge(overrides, self.model_overrides.get(model, {}))
-                overrides = merge(
-                    overrides, {"model": {"name": model}, "data": {"fraction": fraction}}
-                )
-                out[self.run_name(model, fraction)] = resolve(
-                    preset=self.train_preset, overrides=overrides
-                )
+        for name, spec in self.ablations.items():
+            spec = dict(spec)
+            fractions = spec.pop("fractions", None) or self.fractions
+            analyses = list(spec.pop("analyses", None) or self.analyses)
+            for fraction in fractions:
+                base = self.model_overrides.get(spec["model"]["name"], {})
+                out[self.run_name(name, fraction)] = (self._resolve(fraction, base, spec), analyses)
         return out
+
+    def buildup_config(self):
+        """The build-up search's :class:`~vitscope.buildup.BuildupConfig` (None if none)."""
+        from .buildup import BuildupConfig
+
+        if not self.buildup:
+            return None
+        spec = dict(self.buildup)
+        fraction = spec.pop("fraction", 1.0)
+        overrides = merge(self.train, self.fraction_overrides.get(fraction, {}))
+        overrides = merge(overrides, spec.pop("overrides", {}) or {})
+        overrides = merge(overrides, {"data": {"fraction": fraction}})
+        spec = {"train_preset": self.train_preset, **spec, "overrides": overrides}
+        return from_dict(BuildupConfig, spec, "study.buildup")
 
     def analysis_sets(self) -> list[str]:
         """The analysis configs as ``--set``-style items."""
@@ -313,7 +362,7 @@ class StudyConfig:
         ]
 
 
-STEPS = ("train", "analyze", "report")
+STEPS = ("train", "analyze", "buildup", "report")
 
 
 def _study_dir():
@@ -374,9 +423,15 @@ def reproduce(
             f"--force {bad[0]!r}: valid steps are {', '.join(STEPS + tuple(ANALYSES))}"
         )
     root = Path(out)
-    runs = study.run_configs()
+    runs = {root / "runs" / k: (c, list(study.analyses)) for k, c in study.run_configs().items()}
+    runs.update({root / "ablations" / k: v for k, v in study.ablation_runs().items()})
     if device:
-        runs = {k: replace(c, train=replace(c.train, device=device)) for k, c in runs.items()}
+        runs = {
+            k: (replace(c, train=replace(c.train, device=device)), a) for k, (c, a) in runs.items()
+        }
+    bu_cfg = study.buildup_config()
+    if bu_cfg is not None and device:
+        bu_cfg = replace(bu_cfg, overrides=merge(bu_cfg.overrides, {"train": {"device": device}}))
     parse_only(list(study.analyses))
     analysis_configs(list(study.analyses), study.analysis_sets())
     saved = root / "study.yaml"
@@ -385,24 +440,30 @@ def reproduce(
     root.mkdir(parents=True, exist_ok=True)
     atomic_write_text(saved, dump_yaml(study))
 
-    for i, (name, cfg) in enumerate(runs.items(), 1):
-        run_dir = root / "runs" / name
+    for i, (run_dir, (cfg, _)) in enumerate(runs.items(), 1):
         if "train" in force and (run_dir / "checkpoints").exists():
             shutil.rmtree(run_dir)
-        log(f"[{i}/{len(runs)}] train {name}")
+        log(f"[{i}/{len(runs)}] train {run_dir.parent.name}/{run_dir.name}")
         train(cfg, run_dir)
     if study.analyses:
         redo = True if "analyze" in force else [a for a in study.analyses if a in force]
-        for i, name in enumerate(runs, 1):
-            log(f"[{i}/{len(runs)}] analyze {name}")
+        for i, (run_dir, (_, names)) in enumerate(runs.items(), 1):
+            log(f"[{i}/{len(runs)}] analyze {run_dir.parent.name}/{run_dir.name}")
             analyze(
-                root / "runs" / name,
-                only=list(study.analyses),
+                run_dir,
+                only=names,
                 sets=study.analysis_sets(),
                 device=device or "cpu",
                 force=redo,
                 log=log,
             )
+    if bu_cfg is not None:
+        from .buildup import buildup
+
+        if "buildup" in force and (root / "buildup").exists():
+            shutil.rmtree(root / "buildup")
+        log(f"buildup from {bu_cfg.base}")
+        buildup(bu_cfg, root / "buildup", log=log)
     report = build_report([root])
     log(f"report: {report}")
     return report

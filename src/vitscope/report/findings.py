@@ -94,6 +94,13 @@ class StudyRun:
     results: dict[str, Result] = field(default_factory=dict)
     errors: dict[str, str] = field(default_factory=dict)
     label: str = ""
+    kwargs: dict = field(default_factory=dict)
+    ablation: bool = False
+
+    @property
+    def variant(self) -> str:
+        """The model kwargs that set this run apart, e.g. ``head=gap`` (empty: defaults)."""
+        return ", ".join(f"{k}={v}" for k, v in sorted(self.kwargs.items()))
 
     @property
     def family(self) -> str:
@@ -127,12 +134,12 @@ class StudyRun:
         return f"unreadable: {self.errors[name]}" if name in self.errors else "not run"
 
 
-def find_run_dirs(study_dir: Path) -> list[Path]:
-    """Every folder under ``study_dir/runs`` holding a ``config.yaml`` (links followed)."""
+def find_run_dirs(study_dir: Path, sub: str = "runs") -> list[Path]:
+    """Every folder under ``study_dir/<sub>`` holding a ``config.yaml`` (links followed)."""
     found = []
     # os.walk follows symlinked run folders (a study assembled from links); a run's own
     # sub-folders (checkpoints, results) are not searched
-    for root, dirs, files in os.walk(study_dir / "runs", followlinks=True):
+    for root, dirs, files in os.walk(study_dir / sub, followlinks=True):
         if "config.yaml" in files:
             found.append(Path(root))
             dirs.clear()
@@ -164,6 +171,7 @@ def load_run(run_dir: Path, study: str, name: str) -> StudyRun:
         raise VitscopeError(f"{run_dir / 'config.yaml'} is not valid YAML: {e}") from None
     model = str((cfg.get("model") or {}).get("name") or "?")
     data = cfg.get("data") or {}
+    kwargs = (cfg.get("model") or {}).get("kwargs") or {}
     run = StudyRun(
         name=name,
         path=run_dir,
@@ -172,6 +180,7 @@ def load_run(run_dir: Path, study: str, name: str) -> StudyRun:
         dataset=str(data.get("name") or "?"),
         fraction=float(data.get("fraction") or 1.0),
         metrics=read_jsonl(run_dir / "metrics.jsonl"),
+        kwargs=dict(kwargs) if isinstance(kwargs, dict) else {},
     )
     for analysis in ANALYSIS_NAMES:
         if not Result.exists(run_dir / "results", analysis):
@@ -196,6 +205,33 @@ def load_runs(study_dirs: Sequence[Path]) -> tuple[list[dict], list[StudyRun]]:
     order = {s["name"]: i for i, s in enumerate(studies)}
     runs.sort(key=lambda r: (order[r.study], -r.fraction, _family_rank(r.family), r.model, r.name))
     return studies, runs
+
+
+def load_ablations(studies: Sequence[dict], runs: Sequence[StudyRun]) -> list[StudyRun]:
+    """The ablation runs (``<study>/ablations/<run>/``) of studies read by :func:`load_runs`.
+
+    Their labels carry the model kwargs that define the ablation (``vit_tiny head=gap (6%)``)
+    and never clash with the main runs' labels.
+    """
+    out: list[StudyRun] = []
+    for meta in studies:
+        d = meta["path"]
+        for run_dir in find_run_dirs(d, "ablations"):
+            name = "ablations/" + str(run_dir.relative_to(d / "ablations"))
+            run = load_run(run_dir, meta["name"], name)
+            run.ablation = True
+            out.append(run)
+    several = len(studies) > 1
+    taken = {r.label for r in runs}
+    for r in out:
+        r.name = f"{r.study}/{r.name}" if several else r.name
+        r.label = " ".join(
+            x for x in (r.model, r.variant, f"({pct(r.fraction)})" if r.fraction < 1 else "") if x
+        )
+        if r.label in taken or sum(o.label == r.label for o in out) > 1:
+            r.label = f"{r.label} [{r.name}]"
+    out.sort(key=lambda r: (r.study, -r.fraction, r.model, r.name))
+    return out
 
 
 def _family_rank(fam: str) -> int:
@@ -835,6 +871,119 @@ def check_lesion(runs: Sequence[StudyRun]) -> Finding:
     return Finding(claim, _by_share(share), evidence, detail)
 
 
+# ---- ablations (spec §5, §7.4): GAP vs CLS, local MSA ------------------------------------------
+
+
+def head_of(run: StudyRun) -> str | None:
+    """``cls`` or ``gap`` for ViT/PiT runs (from ``model.kwargs.head``), else None."""
+    if run.family not in ("ViT", "PiT"):
+        return None
+    return str(run.kwargs.get("head") or ("gap" if "local" in run.model.lower() else "cls"))
+
+
+def kernel_of(run: StudyRun) -> float | None:
+    """The local-MSA kernel of a ``vit_local*`` run (``inf``: global), else None."""
+    if "kernel" not in run.kwargs and "local" not in run.model.lower():
+        return None
+    k = run.kwargs.get("kernel", 3)  # vit_local_* default
+    return math.inf if not k else float(k)
+
+
+def _kernel_str(k: float) -> str:
+    return "global" if math.isinf(k) else f"{k:g}x{k:g}"
+
+
+def best_error(run: StudyRun) -> float | None:
+    """Best test error in percent."""
+    return None if run.best_acc is None else 100 * (1 - run.best_acc)
+
+
+def check_gap_head(runs: Sequence[StudyRun]) -> Finding:
+    """GAP instead of the CLS token suppresses negative Hessian eigenvalues (spec §5)."""
+    claim = "A GAP head instead of the CLS token suppresses negative Hessian eigenvalues"
+    detail = (
+        "Pairs of ViT/PiT runs that differ only in the head (`model.kwargs.head` gap vs cls, "
+        "same model, dataset and fraction; usually an ablation run and its main run): share "
+        "of negative top-k Hessian eigenvalues. Holds if the GAP run's share is lower in every "
+        "pair, does not hold if in none (a tie counts as not lower), else inconclusive. "
+        "Paper: §5 (smoothing methods such as GAP suppress negative eigenvalues)."
+    )
+    groups: dict[tuple, dict[str, list[StudyRun]]] = {}
+    for r in runs:
+        head = head_of(r)
+        if head is None or "hessian" not in r.results or kernel_of(r) is not None:
+            continue
+        rest = tuple(sorted((k, str(v)) for k, v in r.kwargs.items() if k != "head"))
+        groups.setdefault((r.model, r.dataset, round(r.fraction, 6), rest), {}).setdefault(
+            head, []
+        ).append(r)
+    pairs = []
+    for (model, dataset, fraction, _), heads in sorted(groups.items()):
+        if "gap" in heads and "cls" in heads:
+            g = _mean_of(heads["gap"], negative_share, "hessian")
+            c = _mean_of(heads["cls"], negative_share, "hessian")
+            if g is not None and c is not None:
+                pairs.append((f"{model} {dataset} {pct(fraction)}", g, c))
+    if not pairs:
+        why = (
+            "needs hessian results of two ViT/PiT runs differing only in head (gap vs cls), "
+            "e.g. a study `ablations:` entry with model.kwargs.head=gap"
+        )
+        return Finding(claim, INCONCLUSIVE, why, detail)
+    votes = [g < c for _, g, c in pairs]
+    evidence = "; ".join(f"{w}: GAP {g:.1%} vs CLS {c:.1%}" for w, g, c in pairs)
+    return Finding(claim, _unanimous(votes), evidence, detail)
+
+
+def check_local_msa(runs: Sequence[StudyRun]) -> Finding:
+    """Local MSAs (small kernels) lower test error and negative eigenvalues (Fig 7)."""
+    claim = "Local MSAs (3x3 kernels) lower the test error and the negative Hessian eigenvalues"
+    detail = (
+        "Runs of one local-MSA model (`vit_local_*`, `model.kwargs.kernel`; 0/null = global) "
+        "on the same dataset and fraction: the smallest kernel vs the largest (or global). Two "
+        "votes per group: lower best test error, and lower share of negative top-k Hessian "
+        "eigenvalues. Holds if every vote agrees, does not hold if none does, else "
+        "inconclusive. Paper: Fig 7 (3x3 27.89% < 5x5 28.05% < 8x8 28.94% error, CIFAR-100)."
+    )
+    groups: dict[tuple, list[tuple[float, StudyRun]]] = {}
+    for r in runs:
+        k = kernel_of(r)
+        if k is not None:
+            groups.setdefault((r.model, r.dataset, round(r.fraction, 6)), []).append((k, r))
+    votes, parts = [], []
+    for (model, dataset, fraction), rows in sorted(groups.items()):
+        ks = sorted({k for k, _ in rows})
+        if len(ks) < 2:
+            continue
+        small = [r for k, r in rows if k == ks[0]]
+        large = [r for k, r in rows if k == ks[-1]]
+        err_s = np.mean([e for e in map(best_error, small) if e is not None] or [np.nan])
+        err_l = np.mean([e for e in map(best_error, large) if e is not None] or [np.nan])
+        text = [f"{model} {dataset} {pct(fraction)}:"]
+        if np.isfinite(err_s) and np.isfinite(err_l):
+            votes.append(err_s < err_l)
+            text.append(
+                f"error {_kernel_str(ks[0])} {err_s:.2f}% vs {_kernel_str(ks[-1])} {err_l:.2f}%"
+            )
+        hs = [r for r in small if "hessian" in r.results]
+        hl = [r for r in large if "hessian" in r.results]
+        if hs and hl:
+            ns = _mean_of(hs, negative_share, "hessian")
+            nl = _mean_of(hl, negative_share, "hessian")
+            if ns is not None and nl is not None:
+                votes.append(ns < nl)
+                text.append(f"negative eigenvalues {ns:.1%} vs {nl:.1%}")
+        if len(text) > 1:
+            parts.append(" ".join(text[:1]) + " " + ", ".join(text[1:]))
+    if not votes:
+        why = (
+            "needs runs of a vit_local_* model with two kernel sizes (model.kwargs.kernel) on "
+            "the same dataset and fraction"
+        )
+        return Finding(claim, INCONCLUSIVE, why, detail)
+    return Finding(claim, _unanimous(votes), "; ".join(parts), detail)
+
+
 CHECKS: tuple[Callable[[Sequence[StudyRun]], Finding], ...] = (
     check_msa_high_freq,
     check_conv_high_freq,
@@ -850,6 +999,14 @@ CHECKS: tuple[Callable[[Sequence[StudyRun]], Finding], ...] = (
 )
 
 
-def check_all(runs: Sequence[StudyRun]) -> list[Finding]:
-    """Every claim of :data:`CHECKS`, in the paper's order."""
-    return [check(runs) for check in CHECKS]
+#: checks that read the ablation runs too (the others read the main runs only)
+ABLATION_CHECKS: tuple[Callable[[Sequence[StudyRun]], Finding], ...] = (
+    check_gap_head,
+    check_local_msa,
+)
+
+
+def check_all(runs: Sequence[StudyRun], ablations: Sequence[StudyRun] = ()) -> list[Finding]:
+    """Every claim of :data:`CHECKS`, in the paper's order, then the ablations' claims."""
+    both = [*runs, *ablations]
+    return [check(runs) for check in CHECKS] + [check(both) for check in ABLATION_CHECKS]

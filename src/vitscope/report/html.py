@@ -561,6 +561,86 @@ def accuracy_table(runs: Sequence[F.StudyRun]) -> Table:
     return Table(["Dataset", "Fraction", *models], rows, id="accuracy-table")
 
 
+def _ablation_groups(
+    runs: Sequence[F.StudyRun], ablations: Sequence[F.StudyRun]
+) -> dict[tuple, list[F.StudyRun]]:
+    """(study, dataset, fraction) -> the ablation runs and the main runs of the same models."""
+    groups: dict[tuple, list[F.StudyRun]] = {}
+    for a in ablations:
+        groups.setdefault((a.study, *a.key), []).append(a)
+    for key, rs in groups.items():
+        models = {r.model for r in rs}
+        refs = [r for r in runs if (r.study, *r.key) == key and r.model in models]
+        groups[key] = refs + rs
+    return groups
+
+
+def ablation_table(groups: dict[tuple, list[F.StudyRun]]) -> Table:
+    header = ["Run", "Model", "Variant", "Fraction", "Best acc", "Test error"]
+    header += ["Negative share", "Min λ", "Mean top λ", "Δ(NLL+L2) r=0.5"]
+    rows = []
+    for rs in groups.values():
+        for r in rs:
+            res = r.results.get("hessian")
+            eig = F.hessian_eigenvalues(res) if res is not None else None
+            share = F.negative_share(res) if res is not None else None
+            land = r.results.get("landscape")
+            rise = F.landscape_rise(land, F.LANDSCAPE_RING) if land is not None else None
+            err = F.best_error(r)
+            variant = r.variant or ("head=cls" if F.head_of(r) == "cls" else "default")
+            rows.append(
+                [
+                    r.name,
+                    r.model,
+                    variant,
+                    F.pct(r.fraction),
+                    _pct_acc(r.best_acc),
+                    DASH if err is None else f"{err:.2f}%",
+                    DASH if share is None else f"{share:.1%}",
+                    _num(float(eig.min()) if eig is not None and eig.size else None, ".4g"),
+                    _num(F.top_eigenvalue(res) if res is not None else None, ".4g"),
+                    DASH if rise is None else _num(rise[1], ".3g"),
+                ]
+            )
+    return Table(header, rows, id="ablation-table")
+
+
+def section_ablations(
+    runs: Sequence[F.StudyRun], ablations: Sequence[F.StudyRun], figs: FigureWriter
+) -> list[Block]:
+    """The paper's ablations: GAP vs CLS token, local MSA kernel size (when a study has them)."""
+    if not ablations:
+        return []
+    out: list[Block] = [
+        Heading("Ablations: GAP vs CLS token, local MSA", 2, "ablations"),
+        Text(
+            "The paper: a GAP classifier instead of the CLS token suppresses ViT's negative "
+            "Hessian eigenvalues (§5), and locality constraints (3×3 local MSA) lower both the "
+            "test error and the negative eigenvalues (Fig 7). Each ablation run (under "
+            "`ablations/`) is shown next to the main runs of the same model."
+        ),
+    ]
+    groups = _ablation_groups(runs, ablations)
+    items = []
+    for key, rs in groups.items():
+        with_h = [r for r in rs if "hessian" in r.results]
+        if len(with_h) >= 2:
+            items.append(
+                figs.add(
+                    f"ablation_hessian_{'_'.join(map(str, key))}",
+                    lambda rs=with_h: compare_figure(
+                        "hessian", [_labelled(r, "hessian") for r in rs]
+                    ),
+                    "Top-k Hessian eigenvalue densities: "
+                    f"{', '.join(r.label for r in with_h)} ({_group_name(key[1:])}).",
+                    wide=True,
+                )
+            )
+    out += _gallery(items)
+    out.append(ablation_table(groups))
+    return out
+
+
 def read_buildup(study_dir: Path) -> list[dict] | None:
     """The build-up steps of ``study_dir/buildup/buildup.json``, or None if there is none."""
     f = study_dir / BUILDUP
@@ -823,16 +903,18 @@ def build_report(
         )
     out_dir, html_path, md_path = _outputs(dirs, out)
     figs = FigureWriter(out_dir)
-    found = F.check_all(runs)
+    ablations = F.load_ablations(studies, runs)
+    found = F.check_all(runs, ablations)
     title = "vitscope report: " + ", ".join(s["name"] for s in studies)
     blocks: list[Block] = [
         Heading("Runs", 2, "runs"),
-        summary_table(runs, len(studies)),
+        summary_table([*runs, *ablations], len(studies)),
         Text("Analyses per run (✓: result present).", note=True),
         coverage_table(runs),
         *section_properties(runs, figs),
         *section_convs(runs, figs),
         *section_harmonise(runs, dirs, figs),
+        *section_ablations(runs, ablations, figs),
         Heading("Findings", 2, "findings"),
         Text(
             "Each claim is checked by a fixed rule on the saved results (column Rule; "
