@@ -204,6 +204,8 @@ def buildup(
         figure: also write ``buildup.png``.
     """
     root = Path(out)
+    if not distributed.is_main():  # under torchrun every rank runs the search; rank 0 talks
+        log = lambda line: None  # noqa: E731
     depths = stage_depths(cfg.base)
     path = root / STATE
     state = _read_state(path, cfg, depths)

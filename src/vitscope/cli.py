@@ -8,6 +8,8 @@ on stderr and exit status 2.
 from __future__ import annotations
 
 import argparse
+import functools
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -53,6 +55,9 @@ def _train_overrides(args: argparse.Namespace) -> dict:
         ("train", "epochs"): args.epochs,
         ("train", "device"): args.device,
         ("train", "seed"): args.seed,
+        ("train", "amp"): args.amp,
+        ("train", "compile"): args.compile or None,
+        ("train", "channels_last"): args.channels_last or None,
     }
     return _nest(flags, args.no_progress)
 
@@ -68,18 +73,33 @@ def _nest(flags: dict, no_progress: bool) -> dict:
     return out
 
 
+def _say(*lines: str) -> None:
+    """Print on rank 0 only: under torchrun every rank runs the command."""
+    if os.environ.get("RANK", "0") == "0":
+        print(*lines, sep="\n")
+
+
+def _distributed(handler: Callable[[argparse.Namespace], int]):
+    """Run a long command inside a torchrun process group (one process without torchrun)."""
+
+    @functools.wraps(handler)
+    def run(args: argparse.Namespace) -> int:
+        from .train import distributed
+
+        with distributed.session(getattr(args, "device", None) or "cpu"):
+            return handler(args)
+
+    return run
+
+
+@_distributed
 def _cmd_train(args: argparse.Namespace) -> int:
     from .config import resolve
     from .train import train
 
     if args.resume:
-        if (
-            any(
-                v is not None
-                for v in (args.model, args.data, args.fraction, args.epochs, args.config)
-            )
-            or args.set
-        ):
+        given = (args.model, args.data, args.fraction, args.epochs, args.config, args.amp)
+        if any(v is not None for v in given) or args.set or args.compile or args.channels_last:
             raise VitscopeError(
                 "--resume continues a run with its saved config; drop the other options"
             )
@@ -95,11 +115,11 @@ def _cmd_train(args: argparse.Namespace) -> int:
         )
         result = train(cfg, args.out)
     last, best = result.last, result.best
-    print(
+    _say(
         f"test accuracy {last['test_acc']:.4f}  NLL {last['test_nll']:.4f}  "
-        f"ECE {last['test_ece']:.4f}  (best {best['acc']:.4f} at epoch {best['epoch']})"
+        f"ECE {last['test_ece']:.4f}  (best {best['acc']:.4f} at epoch {best['epoch']})",
+        f"run: {result.run_dir}",
     )
-    print(f"run: {result.run_dir}")
     return 0
 
 
@@ -112,20 +132,33 @@ def _cmd_fetch(args: argparse.Namespace) -> int:
     return 0
 
 
+@_distributed
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     from .train import evaluate_run
 
     metrics = evaluate_run(args.run_dir, args.checkpoint, device=args.device)
-    print(
+    _say(
         "  ".join(
             f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in metrics.items()
-        )
+        ),
+        f"results: {args.run_dir}/results/evaluate_{args.checkpoint}.json",
     )
-    print(f"results: {args.run_dir}/results/evaluate_{args.checkpoint}.json")
     return 0
 
 
 def _cmd_analyze(args: argparse.Namespace) -> int:
+    from .train import distributed as dist_utils
+
+    # under torchrun every rank runs its share of each analysis; rank 0 writes and prints
+    with dist_utils.session(args.device) as device:
+        out, done = _analyze(args, str(device))
+        main = dist_utils.is_main()
+    if main:
+        print(f"results: {out}/results ({', '.join(done)})")
+    return 0
+
+
+def _analyze(args: argparse.Namespace, device: str) -> tuple[str, dict]:
     from . import study
 
     if args.model_file:
@@ -150,7 +183,7 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
             args.out,
             only=args.only,
             sets=args.set,
-            device=args.device,
+            device=device,
             spec=spec,
             force=args.force,
             meta=meta,
@@ -165,13 +198,12 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
             args.run_dir,
             only=args.only,
             checkpoint=args.checkpoint,
-            device=args.device,
+            device=device,
             sets=args.set,
             force=args.force,
         )
         out = args.run_dir
-    print(f"results: {out}/results ({', '.join(done)})")
-    return 0
+    return out, done
 
 
 def _cmd_compare(args: argparse.Namespace) -> int:
@@ -182,15 +214,17 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     return 0
 
 
+@_distributed
 def _cmd_reproduce(args: argparse.Namespace) -> int:
     from .study import reproduce
 
     force = [f.strip() for f in (args.force or "").split(",") if f.strip()]
     report = reproduce(args.preset, args.out, force=force, device=args.device)
-    print(f"report: {report}")
+    _say(f"report: {report}")
     return 0
 
 
+@_distributed
 def _cmd_buildup(args: argparse.Namespace) -> int:
     from .buildup import BuildupConfig, buildup
     from .config import merge, parse_overrides
@@ -215,8 +249,10 @@ def _cmd_buildup(args: argparse.Namespace) -> int:
     )
     state = buildup(cfg, args.out)
     best = state["best"]
-    print(f"best: {best['layout']}  test accuracy {best['acc']:.4f}  (msas={best['msas']})")
-    print(f"buildup: {Path(args.out) / 'buildup.json'}")
+    _say(
+        f"best: {best['layout']}  test accuracy {best['acc']:.4f}  (msas={best['msas']})",
+        f"buildup: {Path(args.out) / 'buildup.json'}",
+    )
     return 0
 
 
@@ -256,6 +292,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=int, help="main epochs (after warm-up)")
     p.add_argument("--device", help="cpu (default), cuda, cuda:N")
     p.add_argument("--seed", type=int, help="random seed")
+    p.add_argument("--amp", choices=["none", "bf16"], help="bf16 autocast (GPUs)")
+    p.add_argument("--compile", action="store_true", help="torch.compile the model")
+    p.add_argument(
+        "--channels-last", action="store_true", help="channels-last memory format (conv nets)"
+    )
     p.add_argument(
         "--set",
         action="append",
@@ -378,7 +419,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return handler(args)
     except VitscopeError as e:
-        print(f"error: {e}", file=sys.stderr)
+        rank = os.environ.get("RANK", "0")  # torchrun: every rank says it, rank 0 plainly
+        print(f"error{'' if rank == '0' else f' (rank {rank})'}: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted; re-run the same command to resume", file=sys.stderr)

@@ -98,14 +98,21 @@ AMP_MODES = ("none", "bf16")
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """Optimisation recipe (spec §8). Warm-up epochs are extra, before the main epochs."""
+    """Optimisation recipe (spec §8). Warm-up epochs are extra, before the main epochs.
+
+    Under ``torchrun --nproc-per-node W`` training is DistributedDataParallel and the recipe
+    means the same as in one process: ``batch_size`` is the global batch (each rank takes a
+    contiguous ``batch_size / W`` of every global batch, so it must divide), and ``lr`` is
+    the learning rate of that global batch, never rescaled by ``W``. To keep a recipe while
+    changing the batch, scale ``lr`` yourself (linear rule: ``lr * new_batch / old_batch``).
+    """
 
     optimizer: str = "adamw"  # adamw | sgd (one parameter group, as in the paper's code)
     lr: float = 1e-3  # base learning rate
     weight_decay: float = 0.05  # decoupled (AdamW) or L2 (SGD) weight decay
     momentum: float = 0.9  # SGD momentum
     nesterov: bool = False  # SGD Nesterov momentum
-    batch_size: int = 128  # training batch size
+    batch_size: int = 128  # global training batch, split evenly over torchrun ranks
     eval_batch_size: int = 512  # test-time batch size
     epochs: int = 5  # main epochs (after warm-up)
     warmup_epochs: int = 0  # linear warm-up from 0, stepped per iteration, before `epochs`
@@ -118,6 +125,10 @@ class TrainConfig:
     device: str = "cpu"  # cpu | cuda | cuda:N | mps
     amp: str = "none"  # none | bf16 (autocast)
     compile: bool = False  # torch.compile the model for training
+    channels_last: bool = False  # channels-last model and batches (speeds up convs on GPUs)
+    # DDP only: SyncBatchNorm (CUDA), so BatchNorm sees the global batch as in one process;
+    # off, each rank normalises with its own B/W images and rank 0's running stats are kept
+    sync_bn: bool = False
     ece_bins: int = 15  # equal-width confidence bins of the ECE
     snapshot_every: int = 0  # also keep checkpoints/epochN.pt every N epochs; 0 disables
     progress: bool = True  # show a tqdm progress bar

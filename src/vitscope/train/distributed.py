@@ -1,9 +1,10 @@
 """torchrun / DDP helpers; a single process when not launched by torchrun.
 
-Every long command calls :func:`init` first. Under ``torchrun`` (``WORLD_SIZE`` > 1 in the
-environment) it joins PyTorch's process group — NCCL for CUDA devices, gloo for CPU — and
-pins the rank to ``cuda:LOCAL_RANK``; without torchrun every helper below degrades to the
-single-process answer (rank 0 of 1), so library code calls them unconditionally.
+Every long command calls :func:`init` first (the CLI through :func:`session`). Under
+``torchrun`` (``WORLD_SIZE`` > 1 in the environment) it joins PyTorch's process group — gloo
+for CPU tensors, plus NCCL for CUDA tensors where CUDA is available — and pins the rank to
+``cuda:LOCAL_RANK``; without torchrun every helper below degrades to the single-process
+answer (rank 0 of 1), so library code calls them unconditionally.
 
 Sharding is round-robin (:func:`shard`): item ``i`` of a list belongs to rank
 ``i % world_size``. Rank 0 alone writes result files (:func:`is_main`).
@@ -13,7 +14,8 @@ from __future__ import annotations
 
 import datetime
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any, TypeVar
 
 import torch
@@ -55,16 +57,18 @@ def is_main() -> bool:
 def init(device: str | torch.device = "cpu") -> torch.device:
     """Join the torchrun process group once (if launched) and return this rank's device.
 
-    ``cuda`` becomes ``cuda:LOCAL_RANK`` under torchrun; the backend is NCCL for CUDA and
-    gloo for CPU. Calling it again is harmless.
+    ``cuda`` becomes ``cuda:LOCAL_RANK`` under torchrun. Where CUDA is available the group
+    serves both kinds of tensor (``cpu:gloo,cuda:nccl``), so the device the first caller
+    named does not constrain later ones (the CLI joins before the config names a device);
+    object collectives and barriers then go through gloo. Calling it again is harmless.
     """
     dev = torch.device(device)
     if dev.type == "cuda" and launched() and dev.index is None:
         dev = torch.device("cuda", local_rank())
-    if dev.type == "cuda" and torch.cuda.is_available():
+    if dev.type == "cuda" and dev.index is not None and torch.cuda.is_available():
         torch.cuda.set_device(dev)
     if launched() and not active():
-        backend = "nccl" if dev.type == "cuda" else "gloo"
+        backend = "cpu:gloo,cuda:nccl" if torch.cuda.is_available() else "gloo"
         dist.init_process_group(backend=backend, timeout=TIMEOUT)
     return dev
 
@@ -73,6 +77,15 @@ def shutdown() -> None:
     """Leave the process group (end of a command)."""
     if active():
         dist.destroy_process_group()
+
+
+@contextmanager
+def session(device: str | torch.device = "cpu") -> Iterator[torch.device]:
+    """:func:`init` on entry, :func:`shutdown` on exit (also on error): one CLI command."""
+    try:
+        yield init(device)
+    finally:
+        shutdown()
 
 
 def barrier() -> None:
@@ -111,18 +124,27 @@ def all_reduce_sum(values: torch.Tensor) -> torch.Tensor:
     return out
 
 
+def broadcast_tensors(tensors: Sequence[torch.Tensor], src: int = 0) -> None:
+    """Overwrite ``tensors`` in place with rank ``src``'s values (e.g. a model's buffers)."""
+    if active():
+        for t in tensors:
+            dist.broadcast(t, src=src)
+
+
 __all__ = [
     "TIMEOUT",
     "active",
     "all_reduce_sum",
     "barrier",
     "broadcast_object",
+    "broadcast_tensors",
     "gather_objects",
     "init",
     "is_main",
     "launched",
     "local_rank",
     "rank",
+    "session",
     "shard",
     "shutdown",
     "world_size",

@@ -2,6 +2,11 @@
 
 Data is held as one uint8 tensor on the training device (cifar10-airbench style); batches
 are index slices of it, augmented on the device as whole batches.
+
+Under torchrun every rank holds the whole data set and draws the same epoch permutation;
+rank ``r`` trains on the ``r``-th contiguous slice of each global batch and DDP averages the
+gradients, so each step is one process's step on the global batch (up to float rounding,
+and BatchNorm statistics, which are per rank unless ``train.sync_bn``).
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ import torch.nn.functional as F
 from ..config import TrainConfig
 from ..data.augment import normalize, soft_cross_entropy
 from ..errors import VitscopeError
+from . import distributed
 from .metrics import classification_metrics
 
 
@@ -46,13 +52,19 @@ def lr_at(cfg: TrainConfig, epoch: int, step: int, steps_per_epoch: int) -> floa
 
 
 def batch_indices(
-    n: int, batch_size: int, *, generator: torch.Generator | None = None, shuffle: bool = True
+    n: int,
+    batch_size: int,
+    *,
+    generator: torch.Generator | None = None,
+    shuffle: bool = True,
+    min_size: int = 2,
 ) -> Iterator[torch.Tensor]:
-    """Index batches over ``range(n)``; a final batch of one sample is dropped (BatchNorm)."""
+    """Index batches over ``range(n)``; a final batch under ``min_size`` is dropped (BatchNorm
+    needs two images; under DDP, two per rank)."""
     order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
     for start in range(0, n, batch_size):
         idx = order[start : start + batch_size]
-        if shuffle and len(idx) < 2 <= n:
+        if shuffle and len(idx) < min_size <= n:
             break
         yield idx
 
@@ -79,46 +91,59 @@ def train_one_epoch(
 ) -> dict:
     """Train ``model`` for one epoch over ``images`` (uint8, on the device).
 
+    ``cfg.batch_size`` is the global batch; under torchrun this rank trains on its slice of
+    it (``forward`` is then the DDP-wrapped model) and every returned number is global.
+
     Returns ``train_loss`` (the objective: soft-target CE with mixing and smoothing),
     ``train_nll`` (CE against the un-mixed labels on the same augmented batch),
-    ``train_acc``, ``images`` and ``seconds``. Raises :class:`NonFiniteLossError` on NaN/inf.
+    ``train_acc``, ``images`` and ``seconds``. Raises :class:`NonFiniteLossError` on NaN/inf
+    (on every rank at once: the check is on the all-reduced loss).
     """
-    forward = forward or model
+    forward = model if forward is None else forward  # (a compiled module has no bool())
     model.train()
+    world, rank = distributed.world_size(), distributed.rank()
     n = len(labels)
     steps = math.ceil(n / cfg.batch_size)
     device = images.device
-    loss_sum = nll_sum = correct = seen = 0.0
+    sums = torch.zeros(4, dtype=torch.float64, device=device)  # loss, nll, correct, images
+    batches = batch_indices(n, cfg.batch_size, generator=generator, min_size=2 * world)
     t0 = time.perf_counter()
-    for step, idx in enumerate(batch_indices(n, cfg.batch_size, generator=generator)):
-        idx = idx.to(device, non_blocking=True)
+    for step, batch in enumerate(batches):
+        idx = batch.tensor_split(world)[rank].to(device, non_blocking=True)
         lr = lr_at(cfg, epoch, step, steps)
         for group in optimizer.param_groups:
             group["lr"] = lr
         y = labels[idx]
         x, target = augment(images[idx], y)
+        if cfg.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
         with autocast(device, cfg.amp):
             logits = forward(x)
         logits = logits.float()
-        loss = soft_cross_entropy(logits, target)
-        if not torch.isfinite(loss):
+        loss = soft_cross_entropy(logits, target)  # mean over this rank's images
+        b = len(idx)
+        # the global batch's mean loss; NaN on one rank makes it NaN on all
+        global_loss = float(distributed.all_reduce_sum(loss.detach().double() * b)) / len(batch)
+        if not math.isfinite(global_loss):
             raise NonFiniteLossError(
-                f"training loss became {loss.item()} at epoch {epoch + 1} step {step + 1} "
+                f"training loss became {global_loss} at epoch {epoch + 1} step {step + 1} "
                 f"(lr={lr:.3g}); lower train.lr or set train.grad_clip"
             )
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        # DDP averages gradients over ranks; a ragged last batch gives ranks unequal shares,
+        # so weight each rank's mean by its share to get the global batch's mean gradient
+        weight = b * world / len(batch)
+        (loss * weight if weight != 1 else loss).backward()
         if cfg.grad_clip is not None:
             nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
         optimizer.step()
-        b = len(idx)
         with torch.no_grad():
-            loss_sum += loss.item() * b
-            nll_sum += F.cross_entropy(logits, y, reduction="sum").item()
-            correct += (logits.argmax(1) == y).sum().item()
-        seen += b
+            nll = F.cross_entropy(logits, y, reduction="sum")
+            correct = (logits.argmax(1) == y).sum()
+            sums += torch.stack([loss.detach() * b, nll, correct.float(), nll.new_tensor(b)])
         if progress is not None:
-            progress(b, loss.item())
+            progress(len(batch), global_loss)
+    loss_sum, nll_sum, correct, seen = distributed.all_reduce_sum(sums).tolist()
     seconds = time.perf_counter() - t0
     return {
         "train_loss": loss_sum / max(seen, 1),
@@ -139,6 +164,7 @@ def predict(
     batch_size: int = 512,
     amp: str = "none",
     device: torch.device | str | None = None,
+    channels_last: bool = False,
 ) -> torch.Tensor:
     """Logits ``(N, K)`` (float32, on CPU) of ``model`` in eval mode; the mode is restored."""
     was_training = model.training
@@ -150,11 +176,13 @@ def predict(
             x = normalize(
                 images[start : start + batch_size].to(device, non_blocking=True), mean, std
             )
+            if channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
             with autocast(device, amp):
                 out.append(model(x).float().cpu())
     finally:
         model.train(was_training)
-    return torch.cat(out)
+    return torch.cat(out) if out else torch.empty(0, 0)
 
 
 def evaluate(
@@ -168,9 +196,29 @@ def evaluate(
     amp: str = "none",
     n_bins: int = 15,
     device: torch.device | str | None = None,
+    channels_last: bool = False,
+    sharded: bool = False,
 ) -> dict:
-    """Test metrics (``acc``, ``nll``, ``ece``, ``brier``) of ``model`` on ``images``."""
+    """Test metrics (``acc``, ``nll``, ``ece``, ``brier``) of ``model`` on ``images``.
+
+    With ``sharded`` (a collective: every rank calls it with the same data), rank ``r``
+    predicts the ``r``-th contiguous shard and the logits are gathered, so every rank returns
+    the metrics of the whole set. Each rank's ``model`` must hold the same weights and buffers.
+    """
+    part = slice(None)
+    if sharded:
+        n, world, rank = len(images), distributed.world_size(), distributed.rank()
+        part = slice(n * rank // world, n * (rank + 1) // world)
     logits = predict(
-        model, images, mean=mean, std=std, batch_size=batch_size, amp=amp, device=device
+        model,
+        images[part],
+        mean=mean,
+        std=std,
+        batch_size=batch_size,
+        amp=amp,
+        device=device,
+        channels_last=channels_last,
     )
+    if sharded:
+        logits = torch.cat([t for t in distributed.gather_objects(logits) if len(t)])
     return classification_metrics(logits, labels.cpu(), n_bins=n_bins)

@@ -8,6 +8,7 @@ resume=True)``, which reads the config back from the directory.
 from __future__ import annotations
 
 import random
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,7 +17,7 @@ import torch
 import torch.nn as nn
 from tqdm.auto import tqdm
 
-from ..config import RunConfig, dump_yaml, from_dict, load_yaml, to_dict
+from ..config import RunConfig, TrainConfig, dump_yaml, from_dict, load_yaml, to_dict
 from ..data import BatchAugment, ImageData, balanced_subset, load_dataset
 from ..errors import VitscopeError
 from ..io import (
@@ -29,7 +30,8 @@ from ..io import (
     write_jsonl,
 )
 from ..models import create_model
-from .checkpoint import load_checkpoint, save_checkpoint, set_rng_state
+from . import distributed
+from .checkpoint import gather_rng_states, load_checkpoint, restore_rng_states, save_checkpoint
 from .loop import evaluate, train_one_epoch
 
 
@@ -155,8 +157,93 @@ def _progress(bar: tqdm):
     return update
 
 
+def _device(t: TrainConfig) -> torch.device:
+    """This rank's device (``cuda`` -> ``cuda:LOCAL_RANK`` under torchrun), checked."""
+    if t.device.startswith("cuda") and not torch.cuda.is_available():
+        raise VitscopeError(
+            "train.device is cuda but no CUDA device is available; use --device cpu"
+        )
+    device = distributed.init(t.device)
+    world = distributed.world_size()
+    if t.batch_size % world:
+        raise VitscopeError(
+            f"train.batch_size={t.batch_size} is the global batch and must be divisible by "
+            f"the {world} processes; use a multiple of {world}"
+        )
+    if t.sync_bn and world > 1 and device.type != "cuda":
+        raise VitscopeError(
+            "train.sync_bn needs CUDA devices (PyTorch's SyncBatchNorm has no CPU kernel); "
+            "use --device cuda or drop train.sync_bn"
+        )
+    return device
+
+
+def _rank_seed(seed: int, rank: int, epoch: int = 0) -> int:
+    """Seed of one rank's augmentation / drop-path stream from ``epoch`` on."""
+    return seed + 104_729 * rank + 1_299_709 * epoch
+
+
+def _parallel(model: nn.Module, t: TrainConfig, device: torch.device) -> nn.Module:
+    """The module that trains: DDP under torchrun, then ``torch.compile`` if asked.
+
+    Compiling the DDP wrapper (not its inner module) lets TorchDynamo's DDPOptimizer split
+    the graph at gradient-bucket boundaries, so communication overlaps the backward pass.
+    """
+    if distributed.world_size() > 1:
+        ids = [device.index] if device.type == "cuda" else None
+        model = nn.parallel.DistributedDataParallel(model, device_ids=ids)
+    return torch.compile(model) if t.compile else model
+
+
+def _resume(rd: RunDir, model: nn.Module, optimizer, cfg: RunConfig) -> dict:
+    """Load ``last.pt`` into ``model`` and ``optimizer`` and restore this rank's RNG states."""
+    # on the CPU: RNG states must stay there; load_state_dict copies onto the device
+    ckpt = load_checkpoint(rd.checkpoint("last"))
+    model.load_state_dict(ckpt["model"])
+    optimizer.load_state_dict(ckpt["optimizer"])
+    if not restore_rng_states(ckpt):
+        # the data order and the global batches do not depend on the world size; only the
+        # augmentation draws do, so the run goes on with fresh (still seeded) per-rank streams
+        seed_everything(_rank_seed(cfg.train.seed, distributed.rank(), ckpt["epoch"]))
+        if distributed.is_main():
+            saved = len(ckpt.get("rng_ranks") or [ckpt["rng"]])
+            warnings.warn(
+                f"{rd.root} was saved by {saved} process(es) and resumes on "
+                f"{distributed.world_size()}: augmentation continues from fresh per-rank RNG "
+                "streams, so the run will not repeat an uninterrupted one exactly",
+                stacklevel=3,
+            )
+    return ckpt
+
+
+def _write_new_run(rd: RunDir, cfg: RunConfig, indices, model: nn.Module) -> None:
+    atomic_write_text(rd.config, dump_yaml(cfg))
+    atomic_write_json(rd.provenance, provenance(seed=cfg.train.seed))
+    if indices is not None:
+        atomic_write_json(
+            rd.subset,
+            {
+                "fraction": cfg.data.fraction,
+                "seed": cfg.data.subset_seed,
+                "indices": indices.tolist(),
+            },
+        )
+    write_jsonl(rd.metrics, [])
+    save_checkpoint(rd.checkpoint("init"), model=model, epoch=0)
+
+
 def train(cfg: RunConfig | None, out: str | Path, *, resume: bool = False) -> TrainResult:
     """Train a model and write its run directory; resumes an existing run of the same config.
+
+    Launched by ``torchrun --nproc-per-node W`` (the same command), every rank calls this and
+    training is DistributedDataParallel with the one-process semantics: ``train.batch_size``
+    is the global batch (``B / W`` per rank, contiguous slices of the same seeded permutation)
+    at the configured ``train.lr`` (no scaling by ``W``). BatchNorm statistics are per rank
+    unless ``train.sync_bn`` (CUDA). Augmentation draws are per rank (rank 0's stream is the
+    one-process stream); ``last.pt`` keeps every rank's RNG state, so a resume with the same
+    ``W`` repeats an uninterrupted run, and one with another ``W`` warns and reseeds. Test
+    metrics are computed on rank-shards and gathered. Rank 0 alone writes files and shows
+    progress; every rank returns the same metrics once rank 0's files are written.
 
     Args:
         cfg: the resolved run config; ``None`` with ``resume=True`` reads it from ``out``.
@@ -168,59 +255,50 @@ def train(cfg: RunConfig | None, out: str | Path, *, resume: bool = False) -> Tr
     """
     cfg, rd, resuming = _prepare_dir(cfg, out, resume)
     t = cfg.train
-    device = torch.device(t.device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise VitscopeError(
-            "train.device is cuda but no CUDA device is available; use --device cpu"
-        )
-    seed_everything(t.seed)
+    device = _device(t)
+    main = distributed.is_main()
+    seed_everything(t.seed)  # the same on every rank: the same initial weights
 
     train_set, test_set, indices = load_data(cfg)
     info = train_set.info
     model = build_model(cfg, info).to(device)
+    if t.sync_bn and distributed.world_size() > 1:
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    if t.channels_last:  # only 4-D tensors change layout: a ViT's patch embedding, say
+        model = model.to(memory_format=torch.channels_last)
     optimizer = build_optimizer(cfg, model)
     augment = build_augment(cfg, info)
-    forward = torch.compile(model) if t.compile else model
+    if distributed.rank() > 0:  # every rank its own augmentation; rank 0 as one process
+        seed_everything(_rank_seed(t.seed, distributed.rank()))
 
-    rd.make()
-    start_epoch, best, elapsed = 0, {"acc": -1.0}, 0.0
-    last_ckpt = rd.checkpoint("last")
-    if resuming and last_ckpt.is_file():
-        ckpt = load_checkpoint(last_ckpt, map_location=device)
-        model.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
+    start_epoch, best, elapsed, rows = 0, {"acc": -1.0}, 0.0, []
+    if resuming and rd.checkpoint("last").is_file():
+        ckpt = _resume(rd, model, optimizer, cfg)
         start_epoch, best, elapsed = ckpt["epoch"], ckpt["best"], ckpt["elapsed"]
-        set_rng_state(ckpt["rng"])
         # metrics written after this checkpoint belong to an epoch that will be redone
-        write_jsonl(rd.metrics, [r for r in read_jsonl(rd.metrics) if r["epoch"] <= start_epoch])
-    else:
-        atomic_write_text(rd.config, dump_yaml(cfg))
-        atomic_write_json(rd.provenance, provenance(seed=t.seed))
-        if indices is not None:
-            atomic_write_json(
-                rd.subset,
-                {
-                    "fraction": cfg.data.fraction,
-                    "seed": cfg.data.subset_seed,
-                    "indices": indices.tolist(),
-                },
-            )
-        write_jsonl(rd.metrics, [])
-        save_checkpoint(rd.checkpoint("init"), model=model, epoch=0)
+        rows = [r for r in read_jsonl(rd.metrics) if r["epoch"] <= start_epoch]
+    distributed.barrier()  # every rank has read the directory before rank 0 writes to it
+    if main:
+        rd.make()
+        if start_epoch:
+            write_jsonl(rd.metrics, rows)
+        else:  # new, or killed before its first epoch ended
+            _write_new_run(rd, cfg, indices, model)
+    forward = _parallel(model, t, device)
 
-    images = train_set.images.to(device)
-    labels = train_set.labels.to(device)
-    test_images = test_set.images.to(device)
-    test_labels = test_set.labels.to(device)
+    images = train_set.images.to(device, non_blocking=True)
+    labels = train_set.labels.to(device, non_blocking=True)
+    test_images = test_set.images.to(device, non_blocking=True)
+    test_labels = test_set.labels.to(device, non_blocking=True)
     n_params = sum(p.numel() for p in model.parameters())
-    last = dict(read_jsonl(rd.metrics)[-1]) if start_epoch else {}
+    last = dict(rows[-1]) if rows else {}
 
     for epoch in range(start_epoch, t.total_epochs):
         generator = torch.Generator().manual_seed(t.seed * 1_000_003 + epoch)
         bar = tqdm(
             total=len(labels),
             unit="img",
-            disable=not t.progress,
+            disable=not (t.progress and main),
             leave=False,
             desc=f"{cfg.model.name} epoch {epoch + 1}/{t.total_epochs}",
         )
@@ -237,6 +315,8 @@ def train(cfg: RunConfig | None, out: str | Path, *, resume: bool = False) -> Tr
             progress=_progress(bar),
         )
         bar.close()
+        # per-rank BatchNorm running stats differ: evaluate (and save) rank 0's everywhere
+        distributed.broadcast_tensors(list(model.buffers()))
         test = evaluate(
             model,
             test_images,
@@ -246,6 +326,8 @@ def train(cfg: RunConfig | None, out: str | Path, *, resume: bool = False) -> Tr
             batch_size=t.eval_batch_size,
             amp=t.amp,
             n_bins=t.ece_bins,
+            channels_last=t.channels_last,
+            sharded=True,
         )
         elapsed += stats["seconds"]
         last = {
@@ -260,25 +342,42 @@ def train(cfg: RunConfig | None, out: str | Path, *, resume: bool = False) -> Tr
             "train_seconds": elapsed,
             "params": n_params,
         }
-        append_jsonl(rd.metrics, last)
-        if test["acc"] > best["acc"]:
+        improved = test["acc"] > best["acc"]
+        if improved:
             best = {**test, "epoch": epoch + 1}
-            save_checkpoint(rd.checkpoint("best"), model=model, epoch=epoch + 1, metrics=best)
-        if epoch + 1 == t.warmup_epochs:
-            save_checkpoint(rd.checkpoint("warmup"), model=model, epoch=epoch + 1)
-        if t.snapshot_every and (epoch + 1) % t.snapshot_every == 0:
-            save_checkpoint(rd.checkpoint(f"epoch{epoch + 1}"), model=model, epoch=epoch + 1)
-        # last.pt is written last: it marks the epoch as complete
-        save_checkpoint(
-            last_ckpt, model=model, optimizer=optimizer, epoch=epoch + 1, best=best, elapsed=elapsed
-        )
-        if t.progress:
-            tqdm.write(
-                f"epoch {epoch + 1}/{t.total_epochs}  loss {stats['train_loss']:.4f}  "
-                f"test acc {test['acc']:.4f}  nll {test['nll']:.4f}  "
-                f"{last['images_per_s']:.0f} img/s"
-            )
+        rng_ranks = gather_rng_states()  # a collective: before the rank-0-only block
+        if main:
+            _save_epoch(rd, t, model, optimizer, last, best, improved, elapsed, rng_ranks)
+    distributed.barrier()  # rank 0's files are complete before any rank returns
     return TrainResult(run_dir=rd.root, last=last, best=best, epochs=t.total_epochs)
+
+
+def _save_epoch(rd, t, model, optimizer, row, best, improved, elapsed, rng_ranks) -> None:
+    """Rank 0's end of an epoch: the metrics line, checkpoints and the console line."""
+    epoch = row["epoch"]
+    append_jsonl(rd.metrics, row)
+    if improved:
+        save_checkpoint(rd.checkpoint("best"), model=model, epoch=epoch, metrics=best)
+    if epoch == t.warmup_epochs:
+        save_checkpoint(rd.checkpoint("warmup"), model=model, epoch=epoch)
+    if t.snapshot_every and epoch % t.snapshot_every == 0:
+        save_checkpoint(rd.checkpoint(f"epoch{epoch}"), model=model, epoch=epoch)
+    # last.pt is written last: it marks the epoch as complete
+    save_checkpoint(
+        rd.checkpoint("last"),
+        model=model,
+        optimizer=optimizer,
+        epoch=epoch,
+        best=best,
+        elapsed=elapsed,
+        rng_ranks=rng_ranks,
+    )
+    if t.progress:
+        tqdm.write(
+            f"epoch {epoch}/{t.total_epochs}  loss {row['train_loss']:.4f}  "
+            f"test acc {row['test_acc']:.4f}  nll {row['test_nll']:.4f}  "
+            f"{row['images_per_s']:.0f} img/s"
+        )
 
 
 def load_model(
@@ -294,20 +393,29 @@ def load_model(
 
 
 def evaluate_run(run_dir: str | Path, checkpoint: str = "best", *, device: str = "cpu") -> dict:
-    """Test metrics of a run's checkpoint, also saved to ``results/evaluate_<ckpt>.json``."""
+    """Test metrics of a run's checkpoint, also saved to ``results/evaluate_<ckpt>.json``.
+
+    Under torchrun every rank calls it: each predicts a shard of the test set, and rank 0
+    writes the file.
+    """
+    device = distributed.init(device)
     model, cfg = load_model(run_dir, checkpoint, device=device)
     test_set = load_split(cfg, train=False)
     metrics = evaluate(
         model,
-        test_set.images.to(device),
+        test_set.images.to(device, non_blocking=True),
         test_set.labels,
         mean=test_set.info.mean,
         std=test_set.info.std,
         batch_size=cfg.train.eval_batch_size,
         n_bins=cfg.train.ece_bins,
+        sharded=True,
     )
-    out = {"checkpoint": checkpoint, "metrics": metrics, "provenance": provenance()}
-    atomic_write_json(RunDir(Path(run_dir)).results / f"evaluate_{Path(checkpoint).stem}.json", out)
+    if distributed.is_main():
+        out = {"checkpoint": checkpoint, "metrics": metrics, "provenance": provenance()}
+        path = RunDir(Path(run_dir)).results / f"evaluate_{Path(checkpoint).stem}.json"
+        atomic_write_json(path, out)
+    distributed.barrier()
     return metrics
 
 
