@@ -31,6 +31,7 @@ from .config import (
 )
 from .errors import VitscopeError
 from .io import RunDir, atomic_write_text
+from .train import distributed as dist_utils
 
 
 def analysis_configs(names: Sequence[str], sets: Sequence[str] = (), device: str = "cpu") -> dict:
@@ -86,11 +87,16 @@ def analyze_model(
         meta: extra context stored with each result (model name, checkpoint, ...).
         log: where progress lines go.
 
+    Under torchrun every rank calls this with the same arguments: the analyses shard their
+    work over the ranks, and rank 0 alone writes results and figures and logs.
+
     Returns:
         Analysis name -> path of its JSON result.
     """
     from .report.figures import render
 
+    device = str(dist_utils.init(device))
+    main = dist_utils.is_main()
     rd = RunDir(Path(out_dir))
     names = parse_only(only)
     configs = analysis_configs(names, sets, device)
@@ -99,8 +105,10 @@ def analyze_model(
     for name in names:
         path = rd.results / f"{name}.json"
         redo = force if isinstance(force, bool) else name in force
-        if Result.exists(rd.results, name) and not redo:
-            log(f"{name}: exists, skipped ({path})")
+        # rank 0 decides, so no rank skips an analysis the others run
+        if dist_utils.broadcast_object(Result.exists(rd.results, name) and not redo):
+            if main:
+                log(f"{name}: exists, skipped ({path})")
             done[name] = path
             continue
         module = get_analysis(name)
@@ -110,12 +118,15 @@ def analyze_model(
         kwargs = {"workdir": rd.results} if getattr(module, "RESUMABLE", False) else {}
         inputs = train_data if split == "train" else data
         result = module.run(model, inputs, configs[name], spec=spec, **kwargs)
-        result.meta.update(meta or {})
-        result.save(rd.results)
-        for partial in rd.results.glob(f"{name}.partial.*"):  # superseded by the result
-            partial.unlink()
-        figs = render(result, rd.figures)
-        log(f"{name}: {path}" + (f"  figures: {', '.join(f.name for f in figs)}" if figs else ""))
+        if main:
+            result.meta.update(meta or {})
+            result.save(rd.results)
+            for partial in rd.results.glob(f"{name}.partial.*"):  # superseded by the result
+                partial.unlink()
+            figs = render(result, rd.figures)
+            figures = f"  figures: {', '.join(f.name for f in figs)}" if figs else ""
+            log(f"{name}: {path}{figures}")
+        dist_utils.barrier()  # the result is on disk before any rank goes on
         done[name] = path
     return done
 
@@ -135,11 +146,12 @@ def analyze(
     Each analysis runs on ``checkpoint`` if given, else on its module's
     ``DEFAULT_CHECKPOINT`` (``best`` for most; ``warmup`` for the Hessian, as in the paper),
     falling back to ``best`` when the run has no such snapshot. The checkpoint used is stored
-    in each result's ``meta``.
+    in each result's ``meta``. Under torchrun every rank calls it (see :func:`analyze_model`).
     """
     from .train import load_model, load_split
     from .train.trainer import build_augment, load_data
 
+    device = str(dist_utils.init(device))
     rd = RunDir.existing(run_dir)
     names = parse_only(only)
     analysis_configs(names, sets, device)  # fail on bad values before loading anything

@@ -19,6 +19,7 @@ import torch
 from ..data.augment import normalize
 from ..errors import VitscopeError
 from ..io import atomic_write, atomic_write_json, provenance
+from ..train import distributed as dist_utils
 
 
 @dataclass
@@ -128,11 +129,21 @@ class EvalData:
         return len(self.labels)
 
     def batches(
-        self, batch_size: int, device: torch.device | str = "cpu", limit: int | None = None
+        self,
+        batch_size: int,
+        device: torch.device | str = "cpu",
+        limit: int | None = None,
+        *,
+        sharded: bool = False,
     ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """Normalised float batches ``(x, y)`` on ``device``, in order (deterministic)."""
+        """Normalised float batches ``(x, y)`` on ``device``, in order (deterministic).
+
+        With ``sharded`` only this rank's share under torchrun: batch ``k`` goes to rank
+        ``k % world_size`` (all of them in a single process).
+        """
         n = len(self) if limit is None else min(limit, len(self))
-        for s in range(0, n, batch_size):
+        starts = range(0, n, batch_size)
+        for s in dist_utils.shard(starts) if sharded else starts:
             e = min(s + batch_size, n)
             x = normalize(self.images[s:e].to(device, non_blocking=True), self.mean, self.std)
             yield x, self.labels[s:e].to(device, non_blocking=True)

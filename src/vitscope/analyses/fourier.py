@@ -21,6 +21,7 @@ import torch
 from ..errors import ConfigError
 from ..models import blocks, feature_maps
 from .base import EvalData, Result, config_dict, unit_table
+from .sharding import sum_over_ranks
 
 EPS = 1e-6
 
@@ -85,6 +86,9 @@ def run(model: torch.nn.Module, data: EvalData, cfg: Config = Config(), *, spec=
         cfg: settings.
         spec: block patterns for models that do not list their blocks.
 
+    Under torchrun the batches are sharded over the ranks and the per-unit sums added up, so
+    every rank returns the single-process result (up to summation order).
+
     Returns:
         Result ``fourier``: ``values.units`` (name, kind, depth, ...), ``values.high_freq``
         (Δ at 1.0π per unit), ``values.curves``; arrays ``map_<i>`` (mean log amplitude,
@@ -96,7 +100,7 @@ def run(model: torch.nn.Module, data: EvalData, cfg: Config = Config(), *, spec=
     was_training = model.training
     model.eval()
     try:
-        for x, _ in data.batches(cfg.batch_size, cfg.device, limit=cfg.num_images):
+        for x, _ in data.batches(cfg.batch_size, cfg.device, limit=cfg.num_images, sharded=True):
             for i, m in enumerate(feature_maps(model, x, spec)):
                 s = log_amplitude(m).cpu()
                 if i == len(sums):
@@ -107,6 +111,7 @@ def run(model: torch.nn.Module, data: EvalData, cfg: Config = Config(), *, spec=
                     means[i] += m.shape[0] * m.shape[1]
     finally:
         model.train(was_training)
+    sums, means = sum_over_ranks(sums), sum_over_ranks(means)
     arrays, curves, high = {}, [], []
     for i, (s, n) in enumerate(zip(sums, means)):
         a = s / n

@@ -22,9 +22,11 @@ about 4x fewer Hessian-vector products (spec §14). The first ``density_batches`
 also get an SLQ spectral density (Ghorbani et al. 2019) and the first ``trace_batches`` a
 Hutchinson trace.
 
-Every batch is independent of the others (:func:`analyze_batch`). With a ``workdir`` the
-finished batches are written to ``hessian.partial.json`` after each one, and a rerun with
-the same config, data and model state skips them.
+Every batch is independent of the others (:func:`analyze_batch`), so under torchrun the
+batches are sharded over the ranks (:mod:`.sharding`) and every rank returns the whole result.
+With a ``workdir`` each finished batch is saved at once, rank 0's in ``hessian.partial.json``
+and rank r's in ``hessian.partial.rank<r>.jsonl``, and a rerun with the same config, data and
+model state, at any world size, skips them.
 """
 
 from __future__ import annotations
@@ -50,7 +52,9 @@ from ..data.augment import soft_cross_entropy
 from ..errors import ConfigError, VitscopeError
 from ..io import atomic_write_json
 from ..models.layers import use_fused_attention
+from ..train import distributed as dist_utils
 from .base import Result, TrainData, config_dict
+from .sharding import RankLog, key_digest, map_items
 
 SPLIT = "train"  # augmented training batches, as in the paper
 DEFAULT_CHECKPOINT = "warmup"  # the paper's plots are labelled "warmup^th" (spec §5)
@@ -363,17 +367,40 @@ def load_partial(path: Path, key: dict) -> dict[int, dict]:
     try:
         body = json.loads(path.read_text())
         if body.get("key") != key:
-            warnings.warn(f"{path} is from another config or model; starting over", stacklevel=3)
+            warnings.warn(f"{path} is from another config or model; starting over", stacklevel=4)
             return {}
         return {int(i): rec for i, rec in body["batches"].items()}
     except (OSError, ValueError, KeyError, AttributeError, TypeError) as e:
-        warnings.warn(f"unreadable {path} ({e}); starting over", stacklevel=3)
+        warnings.warn(f"unreadable {path} ({e}); starting over", stacklevel=4)
         return {}
 
 
 def save_partial(path: Path, key: dict, records: dict[int, dict]) -> None:
     body = {"key": key, "batches": {str(i): records[i] for i in sorted(records)}}
     atomic_write_json(path, body)
+
+
+def rank_log(path: Path, key: dict) -> RankLog:
+    """The logs ranks r > 0 keep beside ``path``: ``hessian.partial.rank<r>.jsonl``."""
+    return RankLog(path.parent, path.name.removesuffix(".json"), key_digest(key))
+
+
+def resume(path: Path, key: dict) -> dict[int, dict]:
+    """Rank 0: finished batches of rank 0's file and of every rank's log, each batch once.
+
+    Logged batches are merged into ``path`` before the logs are deleted, so a kill at any
+    moment loses nothing.
+    """
+    records = load_partial(path, key)
+    log = rank_log(path, key)
+    if not log.paths():
+        return records
+    for index, record in log.read():
+        if isinstance(index, int) and isinstance(record, dict):
+            records.setdefault(index, record)
+    save_partial(path, key, records)
+    log.clear()
+    return records
 
 
 # ---------------------------------------------------------------------------------------------
@@ -495,8 +522,8 @@ def run(
         data: augmented training batches (the run's transform and weight decay).
         cfg: settings.
         spec: unused (the Hessian needs no block decomposition).
-        workdir: where ``hessian.partial.json`` is written after each batch and read on a
-            rerun; None: no resume file.
+        workdir: where ``hessian.partial.json`` (and, under torchrun, each rank's log) is
+            written after each batch and read on a rerun; None: no resume files.
 
     Returns:
         Result ``hessian``: ``values.eigenvalues`` (per batch, top-k by magnitude),
@@ -513,13 +540,23 @@ def run(
     operator = operator_info(model, data, cfg)  # also checks the params patterns
     path = Path(workdir) / PARTIAL if workdir is not None else None
     key = partial_key(model, data, cfg) if path is not None else {}
-    records = load_partial(path, key) if path is not None else {}
+    records: dict[int, dict] = {}
+    if path is not None:  # rank 0 merges the saved batches; every rank skips the same ones
+        records = dist_utils.broadcast_object(resume(path, key) if dist_utils.is_main() else None)
     records = {i: r for i, r in records.items() if i < cfg.batches}
     resumed = len(records)
-    for i in range(cfg.batches):
-        if i in records:
-            continue
-        records[i] = analyze_batch(model, data, cfg, i)
-        if path is not None:
+    log = rank_log(path, key) if path is not None else None
+
+    def save(index: int, record: dict) -> None:
+        if dist_utils.is_main():
+            records[index] = record
             save_partial(path, key, records)
+        else:
+            log.append(index, record)
+
+    todo = [i for i in range(cfg.batches) if i not in records]
+    finished = map_items(
+        todo, lambda i: analyze_batch(model, data, cfg, i), save if path is not None else None
+    )
+    records.update(finished)
     return build_result([records[i] for i in range(cfg.batches)], cfg, operator, resumed)

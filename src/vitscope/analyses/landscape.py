@@ -18,10 +18,12 @@ Landscape of Neural Nets")::
   ndim < 2 (biases, norm weights) and position embeddings / relative-position tables get a
   zero direction.
 
-The grid runs y outer, x inner. With a ``workdir`` every finished point is written to
-``landscape.partial.npz`` (NaN where missing), the directions to
-``landscape.partial.dirs.npz`` and the key (config, data, θ0 hash) to
-``landscape.partial.json``; a rerun with the same key fills in only the missing points.
+The grid runs y outer, x inner; under torchrun the points are sharded over the ranks
+(:mod:`.sharding`) and every rank returns the whole grid. With a ``workdir`` the directions go
+to ``landscape.partial.dirs.npz``, the key (config, data, θ0 hash) to
+``landscape.partial.json``, and every finished point to rank 0's ``landscape.partial.npz``
+(NaN where missing) or rank r's ``landscape.partial.rank<r>.jsonl``; a rerun with the same key,
+at any world size, fills in only the missing points.
 """
 
 from __future__ import annotations
@@ -42,7 +44,9 @@ from torch import nn
 from ..data.augment import soft_cross_entropy
 from ..errors import ConfigError, VitscopeError
 from ..io import atomic_write, atomic_write_json
+from ..train import distributed as dist_utils
 from .base import Result, TrainData, config_dict
+from .sharding import RankLog, key_digest, map_items
 
 SPLIT = "train"  # the landscape is measured on augmented training data
 DEFAULT_CHECKPOINT = "best"
@@ -293,10 +297,16 @@ class _Grid:
     def empty(cls, shape: tuple[int, int]) -> _Grid:
         return cls({k: np.full(shape, np.nan) for k in GRIDS}, np.zeros(shape, dtype=bool))
 
-    def record(self, j: int, i: int, point: dict[str, float], seconds: float) -> None:
-        for k, v in {**point, "seconds": seconds}.items():
+    def record(self, j: int, i: int, point: dict[str, float]) -> None:
+        """Store one point's ``loss``, ``nll``, ``acc``, ``l2`` and ``seconds``."""
+        values = [float(point[k]) for k in GRIDS]  # all or nothing
+        for k, v in zip(GRIDS, values):
             self.values[k][j, i] = v
         self.done[j, i] = True
+
+    def todo(self) -> list[tuple[int, int]]:
+        """The missing points ``(j, i)``, y outer and x inner."""
+        return [(j, i) for j, i in np.ndindex(*self.done.shape) if not self.done[j, i]]
 
 
 def _save_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
@@ -325,6 +335,11 @@ def _partial_key(cfg: Config, data: TrainData, theta0: Direction) -> dict:
     return json.loads(json.dumps(key, default=str))
 
 
+def _load_directions(workdir: Path, model: nn.Module) -> list[Direction]:
+    with np.load(workdir / f"{PARTIAL}.dirs.npz") as z:
+        return [unflatten_direction(model, z[k]) for k in ("d1", "d2")]
+
+
 def _load_partial(
     workdir: Path, key: dict, model: nn.Module, shape: tuple[int, int]
 ) -> tuple[list[Direction], _Grid] | None:
@@ -334,26 +349,37 @@ def _load_partial(
         return None
     try:
         if json.loads(meta.read_text()).get("key") != key:
-            warnings.warn(f"{meta} is from another config or model; starting over", stacklevel=3)
+            warnings.warn(f"{meta} is from another config or model; starting over", stacklevel=4)
             return None
-        with np.load(workdir / f"{PARTIAL}.dirs.npz") as z:
-            dirs = [unflatten_direction(model, z[k]) for k in ("d1", "d2")]
+        dirs = _load_directions(workdir, model)
         with np.load(workdir / f"{PARTIAL}.npz") as z:
             grid = _Grid({k: z[k].astype(float) for k in GRIDS}, z["done"].astype(bool))
     except (OSError, ValueError, KeyError, VitscopeError) as e:
-        warnings.warn(f"unreadable {PARTIAL}.* in {workdir} ({e}); starting over", stacklevel=3)
+        warnings.warn(f"unreadable {PARTIAL}.* in {workdir} ({e}); starting over", stacklevel=4)
         return None
     if grid.done.shape != shape:
         return None
     return dirs, grid
 
 
+def _merge_logs(grid: _Grid, log: RankLog) -> None:
+    """Points other ranks finished (their logs) into ``grid``, each point once."""
+    for item, point in log.read():
+        try:
+            j, i = (int(v) for v in item)
+            if not grid.done[j, i]:
+                grid.record(j, i, point)
+        except (TypeError, ValueError, KeyError, IndexError):
+            continue  # not a point of this grid
+
+
 def _start_partial(
-    workdir: Path, key: dict, model: nn.Module, dirs: list[Direction], grid: _Grid
+    workdir: Path, key: dict, model: nn.Module, dirs: list[Direction], grid: _Grid, log: RankLog
 ) -> None:
     """Write directions, an empty grid and then the key (the key last marks them valid)."""
     workdir.mkdir(parents=True, exist_ok=True)
     (workdir / f"{PARTIAL}.json").unlink(missing_ok=True)
+    log.clear()
     flat = {k: flatten_direction(model, d).numpy() for k, d in zip(("d1", "d2"), dirs)}
     _save_npz(workdir / f"{PARTIAL}.dirs.npz", flat)
     _save_grid(workdir, grid)
@@ -362,6 +388,32 @@ def _start_partial(
 
 def _save_grid(workdir: Path, grid: _Grid) -> None:
     _save_npz(workdir / f"{PARTIAL}.npz", {**grid.values, "done": grid.done})
+
+
+def _resume(
+    workdir: Path, key: dict, model: nn.Module, cfg: Config, shape: tuple[int, int], log: RankLog
+) -> tuple[list[Direction], _Grid]:
+    """Rank 0: the saved directions and every rank's finished points, or a fresh start.
+
+    The points in other ranks' logs are merged into ``landscape.partial.npz`` before the logs
+    are deleted, so a kill at any moment loses nothing.
+    """
+    state = _load_partial(workdir, key, model, shape)
+    if state is None:
+        dirs = _draw(model, cfg)
+        grid = _Grid.empty(shape)
+        _start_partial(workdir, key, model, dirs, grid, log)
+        return dirs, grid
+    dirs, grid = state
+    _merge_logs(grid, log)
+    _save_grid(workdir, grid)
+    log.clear()
+    return dirs, grid
+
+
+def _draw(model: nn.Module, cfg: Config) -> list[Direction]:
+    """d1 and d2 (``{}`` for ``dims=1``)."""
+    return draw_directions(model, cfg.dims, cfg.norm, cfg.seed) + [{}] * (2 - cfg.dims)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -466,6 +518,8 @@ def run(
         spec: unused (the landscape does not look at blocks); accepted for the contract.
         workdir: where ``landscape.partial.*`` go; a rerun there resumes the grid.
 
+    Under torchrun the points are sharded over the ranks; every rank returns the whole grid.
+
     Returns:
         Result ``landscape``: grids ``loss``, ``nll``, ``acc``, ``l2``, ``seconds`` (rows y,
         columns x), ``coords``, ``center``, ``rings``; arrays ``xs``, ``ys``, the grids and the
@@ -479,28 +533,35 @@ def run(
     model.eval()
     theta0 = {n: p.detach().clone() for n, p in model.named_parameters()}
     try:
-        state = None
-        if workdir is not None:
+        if workdir is None:
+            dirs, grid = _draw(model, cfg), _Grid.empty(shape)
+        else:
             workdir = Path(workdir)
             key = _partial_key(cfg, data, theta0)
-            state = _load_partial(workdir, key, model, shape)
-        if state is None:
-            dirs = draw_directions(model, cfg.dims, cfg.norm, cfg.seed) + [{}] * (2 - cfg.dims)
-            state = dirs, _Grid.empty(shape)
-            if workdir is not None:
-                _start_partial(workdir, key, model, *state)
-        dirs, grid = state
+            log = RankLog(workdir, PARTIAL, key_digest(key))
+            state = _resume(workdir, key, model, cfg, shape, log) if dist_utils.is_main() else None
+            # after rank 0 has merged the logs and written the directions
+            grid = dist_utils.broadcast_object(state[1] if state else None)
+            dirs = state[0] if state else _load_directions(workdir, model)
         dtype = next(iter(theta0.values())).dtype if theta0 else torch.float32
         batches = make_batches(data, cfg, dtype)
-        for j, b in enumerate(ys):  # y outer, x inner, as the released code
-            for i, a in enumerate(xs):
-                if grid.done[j, i]:
-                    continue
-                t0 = time.perf_counter()
-                point = evaluate_point(model, batches, theta0, *dirs, float(a), float(b), cfg)
-                grid.record(j, i, point, time.perf_counter() - t0)
-                if workdir is not None:
-                    _save_grid(workdir, grid)
+
+        def compute(point: tuple[int, int]) -> dict[str, float]:
+            j, i = point
+            t0 = time.perf_counter()
+            out = evaluate_point(model, batches, theta0, *dirs, float(xs[i]), float(ys[j]), cfg)
+            return {**out, "seconds": time.perf_counter() - t0}
+
+        def save(point: tuple[int, int], values: dict[str, float]) -> None:
+            if dist_utils.is_main():
+                grid.record(*point, values)
+                _save_grid(workdir, grid)
+            else:
+                log.append(list(point), values)
+
+        finished = map_items(grid.todo(), compute, save if workdir is not None else None)
+        for (j, i), values in finished.items():
+            grid.record(j, i, values)
     finally:
         restore(model, theta0)
         model.train(was_training)

@@ -15,6 +15,7 @@ import torch
 from ..errors import ConfigError
 from ..models import blocks, replace_unit
 from .base import EvalData, Result, accuracy, config_dict, unit_table
+from .sharding import map_items
 
 
 @dataclass(frozen=True)
@@ -58,32 +59,34 @@ def _removed(model: torch.nn.Module, block, mode: str):
 def run(model: torch.nn.Module, data: EvalData, cfg: Config = Config(), *, spec=None) -> Result:
     """Accuracy change (percentage points) when each removable unit is taken out.
 
+    Under torchrun the lesions (and the intact pass) are sharded over the ranks; every rank
+    returns the whole result.
+
     Returns:
         Result ``lesion``: ``values.units``, ``values.delta_acc`` (``None`` for units that
         cannot be removed), ``values.base_acc`` (%).
     """
     units = [b for b in blocks(model, spec) if b.kind != "head"]
+    lesions = [k for k, b in enumerate(units) if removable(b)]
+    if not lesions:
+        raise ConfigError("lesion: the model has no removable residual units")
+
+    def acc(k: int | None) -> float:
+        """Accuracy (%) without unit ``k``; ``None``: the intact model."""
+        batches = data.batches(cfg.batch_size, cfg.device, limit=cfg.num_images)
+        if k is None:
+            return 100.0 * accuracy(model, batches)
+        with _removed(model, units[k], cfg.mode):
+            return 100.0 * accuracy(model, batches)
+
     was_training = model.training
     model.eval()
-
-    def acc() -> float:
-        return 100.0 * accuracy(
-            model, data.batches(cfg.batch_size, cfg.device, limit=cfg.num_images)
-        )
-
     try:
-        base = acc()
-        deltas: list[float | None] = []
-        for b in units:
-            if not removable(b):
-                deltas.append(None)
-                continue
-            with _removed(model, b, cfg.mode):
-                deltas.append(acc() - base)
+        accs = map_items([None, *lesions], acc)
     finally:
         model.train(was_training)
-    if all(d is None for d in deltas):
-        raise ConfigError("lesion: the model has no removable residual units")
+    base = accs[None]
+    deltas = [accs[k] - base if k in accs else None for k in range(len(units))]
     return Result(
         "lesion",
         values={

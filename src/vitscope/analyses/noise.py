@@ -27,6 +27,7 @@ import torch
 
 from ..errors import ConfigError
 from .base import EvalData, Result, accuracy, config_dict
+from .sharding import map_items
 
 
 @dataclass(frozen=True)
@@ -87,35 +88,51 @@ def band_limited_noise(
 
 
 @torch.no_grad()
+def noisy_accuracy(model: torch.nn.Module, data: EvalData, cfg: Config, f: float | None) -> float:
+    """Accuracy with noise in the band centred on ``f`` (units of π); ``None``: clean.
+
+    The noise of every band is drawn from its own generator seeded with ``cfg.seed``, so a
+    band's accuracy does not depend on the other bands (nor on the rank computing it).
+    """
+    batches = data.batches(cfg.batch_size, cfg.device, limit=cfg.num_images)
+    if f is None:
+        return accuracy(model, batches)
+    g = torch.Generator().manual_seed(cfg.seed)
+
+    def perturb(x: torch.Tensor) -> torch.Tensor:
+        noise = band_limited_noise(
+            tuple(x.shape), f * math.pi, cfg.half_width * math.pi, cfg.eps, generator=g
+        )
+        return x + noise.to(x.device, x.dtype)
+
+    return accuracy(model, batches, perturb)
+
+
+@torch.no_grad()
 def run(model: torch.nn.Module, data: EvalData, cfg: Config = Config(), **_: object) -> Result:
     """ΔAccuracy (percentage points) under band-limited noise for each band centre.
+
+    Under torchrun the bands (and the clean pass) are sharded over the ranks; every rank
+    returns the whole result.
 
     Returns:
         Result ``noise``: ``values.frequencies`` (units of π), ``values.delta_acc`` (%),
         ``values.clean_acc`` (%), ``values.band_bins`` (frequency bins kept per band).
     """
+    h, w = data.images.shape[-2:]
+    bins = [
+        int(band_mask(h, w, f * math.pi, cfg.half_width * math.pi).sum().item())
+        for f in cfg.frequencies
+    ]
+    bands: list[float | None] = [None, *cfg.frequencies]  # item 0: the clean pass
     was_training = model.training
     model.eval()
     try:
-        clean = accuracy(model, data.batches(cfg.batch_size, cfg.device, limit=cfg.num_images))
-        deltas, bins = [], []
-        for f in cfg.frequencies:
-            g = torch.Generator().manual_seed(cfg.seed)
-            h, w = data.images.shape[-2:]
-            bins.append(int(band_mask(h, w, f * math.pi, cfg.half_width * math.pi).sum().item()))
-
-            def perturb(x: torch.Tensor, f: float = f, g: torch.Generator = g) -> torch.Tensor:
-                noise = band_limited_noise(
-                    tuple(x.shape), f * math.pi, cfg.half_width * math.pi, cfg.eps, generator=g
-                )
-                return x + noise.to(x.device, x.dtype)
-
-            noisy = accuracy(
-                model, data.batches(cfg.batch_size, cfg.device, limit=cfg.num_images), perturb
-            )
-            deltas.append(100.0 * (noisy - clean))
+        acc = map_items(range(len(bands)), lambda k: noisy_accuracy(model, data, cfg, bands[k]))
     finally:
         model.train(was_training)
+    clean = acc[0]
+    deltas = [100.0 * (acc[k] - clean) for k in range(1, len(bands))]
     return Result(
         "noise",
         values={

@@ -16,7 +16,9 @@ import torch
 
 from ..data.augment import soft_cross_entropy
 from ..errors import ConfigError
+from ..train import distributed as dist_utils
 from .base import Result, TrainData, config_dict
+from .sharding import sum_over_ranks
 
 SPLIT = "train"
 
@@ -39,6 +41,8 @@ class Config:
 def run(model: torch.nn.Module, data: TrainData, cfg: Config = Config(), **_: object) -> Result:
     """Mean NLL and accuracy (vs the argmax of the soft targets) on augmented training data.
 
+    Under torchrun the batches are sharded over the ranks and the sums added up.
+
     Returns:
         Result ``overfitting``: ``values.train_nll``, ``values.train_acc``, ``values.images``.
     """
@@ -46,7 +50,7 @@ def run(model: torch.nn.Module, data: TrainData, cfg: Config = Config(), **_: ob
     model.eval()
     nll_sum = correct = seen = 0.0
     try:
-        for i in range(cfg.batches):
+        for i in dist_utils.shard(range(cfg.batches)):
             x, t = data.batch(i, cfg.batch_size, seed=cfg.seed, device=cfg.device)
             logits = model(x).float()
             nll_sum += soft_cross_entropy(logits, t).item() * len(x)
@@ -54,6 +58,7 @@ def run(model: torch.nn.Module, data: TrainData, cfg: Config = Config(), **_: ob
             seen += len(x)
     finally:
         model.train(was_training)
+    nll_sum, correct, seen = sum_over_ranks([nll_sum, correct, seen])
     return Result(
         "overfitting",
         values={

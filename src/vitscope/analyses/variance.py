@@ -15,6 +15,7 @@ import torch
 from ..errors import ConfigError
 from ..models import blocks, feature_maps
 from .base import EvalData, Result, config_dict, unit_table
+from .sharding import sum_over_ranks
 
 
 @dataclass(frozen=True)
@@ -47,6 +48,8 @@ def _variance_sum(x: torch.Tensor) -> float:
 def run(model: torch.nn.Module, data: EvalData, cfg: Config = Config(), *, spec=None) -> Result:
     """Variance of every unit's feature map, averaged over ``cfg.num_images`` test images.
 
+    Under torchrun the batches are sharded over the ranks and the sums added up.
+
     Returns:
         Result ``variance``: ``values.units`` and ``values.variance`` (one float per unit).
     """
@@ -56,7 +59,7 @@ def run(model: torch.nn.Module, data: EvalData, cfg: Config = Config(), *, spec=
     was_training = model.training
     model.eval()
     try:
-        for x, _ in data.batches(cfg.batch_size, cfg.device, limit=cfg.num_images):
+        for x, _ in data.batches(cfg.batch_size, cfg.device, limit=cfg.num_images, sharded=True):
             for i, m in enumerate(feature_maps(model, x, spec)):
                 if i == len(sums):
                     sums.append(0.0)
@@ -65,6 +68,7 @@ def run(model: torch.nn.Module, data: EvalData, cfg: Config = Config(), *, spec=
                 counts[i] += m.shape[0] * m.shape[1]
     finally:
         model.train(was_training)
+    sums, counts = sum_over_ranks(sums), sum_over_ranks(counts)
     return Result(
         "variance",
         values={"units": unit_table(units), "variance": [s / n for s, n in zip(sums, counts)]},
