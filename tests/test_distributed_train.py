@@ -4,6 +4,7 @@ Each test launches the real CLI, so these are the commands a user types; runs ar
 through module fixtures to keep the file to a few torchrun launches.
 """
 
+import json
 import os
 import shutil
 import signal
@@ -174,3 +175,19 @@ def test_channels_last_trains_a_vit_and_a_cnn(folder_data, tmp_path, model):
     )
     result = train(cfg, tmp_path / "run")
     assert torch.isfinite(torch.tensor(result.last["train_loss"]))
+
+
+def test_buildup_runs_unchanged_under_torchrun(folder_data, tmp_path):
+    """The build-up search under 2 ranks: every candidate trains with DDP, rank 0 writes."""
+    args = ["buildup", "--base", "resnet_tiny", "--data", "folder", "--data-root",
+            str(folder_data), "--epochs", "0", "--warmup-epochs", "1", "--min-stage", "4",
+            "--no-progress", "--set", "train.batch_size=16",
+            "--out", str(tmp_path / "bu")]  # fmt: skip
+    code, out, err = _run(args)
+    assert code == 0, err
+    assert out.count("best: ") == 1  # printed once, by rank 0
+    state = json.loads((tmp_path / "bu" / "buildup.json").read_text())
+    assert [s["msas"] for s in state["steps"]] == [[0, 0, 0, 0], [0, 0, 0, 1]]
+    for step in state["steps"]:
+        rows = (tmp_path / "bu" / step["run"] / "metrics.jsonl").read_text().splitlines()
+        assert len(rows) == 1  # one epoch, written once

@@ -429,6 +429,9 @@ def reproduce(
     from .train import train
 
     study = preset if isinstance(preset, StudyConfig) else load_study(preset)
+    main = dist_utils.is_main()  # under torchrun every rank runs the study; rank 0 writes
+    if not main:
+        log = lambda line: None  # noqa: E731
     bad = sorted(set(force) - set(STEPS) - set(ANALYSES))
     if bad:
         raise ConfigError(
@@ -449,12 +452,14 @@ def reproduce(
     saved = root / "study.yaml"
     if saved.is_file() and from_dict(StudyConfig, load_yaml(saved), "study") != study:
         raise VitscopeError(f"{root} holds a different study; choose another --out")
-    root.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(saved, dump_yaml(study))
+    if main:
+        root.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(saved, dump_yaml(study))
 
     for i, (run_dir, (cfg, _)) in enumerate(runs.items(), 1):
-        if "train" in force and (run_dir / "checkpoints").exists():
+        if "train" in force and (run_dir / "checkpoints").exists() and main:
             shutil.rmtree(run_dir)
+        dist_utils.barrier()
         log(f"[{i}/{len(runs)}] train {run_dir.parent.name}/{run_dir.name}")
         train(cfg, run_dir)
     if study.analyses:
@@ -472,10 +477,12 @@ def reproduce(
     if bu_cfg is not None:
         from .buildup import buildup
 
-        if "buildup" in force and (root / "buildup").exists():
+        if "buildup" in force and (root / "buildup").exists() and main:
             shutil.rmtree(root / "buildup")
+        dist_utils.barrier()
         log(f"buildup from {bu_cfg.base}")
         buildup(bu_cfg, root / "buildup", log=log)
-    report = build_report([root])
+    report = build_report([root]) if main else root / "report.html"
+    dist_utils.barrier()
     log(f"report: {report}")
     return report
