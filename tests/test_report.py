@@ -375,3 +375,66 @@ def test_report_modules_import_neither_torch_nor_models():
                     name,
                     m,
                 )
+
+
+def write_ablation(study, name, model, kwargs, *, acc, eigs, smallest, largest, fraction=0.06):
+    d = write_run(study, name, model, acc=acc, fraction=fraction)
+    cfg = yaml.safe_load((d / "config.yaml").read_text())
+    cfg["model"]["kwargs"] = kwargs
+    (d / "config.yaml").write_text(yaml.safe_dump(cfg))
+    values = {"eigenvalues": eigs, "smallest": smallest, "largest": largest}
+    Result("hessian", values, {}, meta={"model": model}).save(d / "results")
+    if name.startswith("ab-"):  # ablation runs live under <study>/ablations/
+        target = Path(study) / "ablations" / name
+        target.parent.mkdir(exist_ok=True)
+        d.rename(target)
+
+
+def _ablation_findings(root):
+    studies, runs = F.load_runs([root])
+    ablations = F.load_ablations(studies, runs)
+    found = F.check_all(runs, ablations)
+    return runs, ablations, found[-2], found[-1]
+
+
+@pytest.mark.parametrize("sign", [1, -1])
+def test_gap_and_local_msa_findings(tmp_path, sign):
+    neg, pos = [[-2.0, 5.0], [-1.0, 6.0]], [[1.0, 5.0], [2.0, 6.0]]
+    gap_eigs, cls_eigs = (pos, neg) if sign > 0 else (neg, pos)
+    write_ablation(tmp_path, "vit_tiny-f0.06", "vit_tiny", {}, acc=0.5, eigs=cls_eigs,
+                   smallest=[-2.0, -1.0], largest=[5.0, 6.0])  # fmt: skip
+    write_ablation(tmp_path, "ab-gap", "vit_tiny", {"head": "gap"}, acc=0.5, eigs=gap_eigs,
+                   smallest=[-2.0, -1.0], largest=[5.0, 6.0])  # fmt: skip
+    small, large = (0.7, 0.6) if sign > 0 else (0.6, 0.7)  # accuracy of kernel 3 vs global
+    write_ablation(tmp_path, "ab-k3", "vit_local_tiny", {"kernel": 3}, acc=small,
+                   eigs=gap_eigs, smallest=[-1.0, -1.0], largest=[5.0, 5.0])  # fmt: skip
+    write_ablation(tmp_path, "ab-k5", "vit_local_tiny", {"kernel": 5}, acc=0.65,
+                   eigs=neg, smallest=[-1.0, -1.0], largest=[5.0, 5.0])  # fmt: skip
+    write_ablation(tmp_path, "ab-global", "vit_local_tiny", {"kernel": 0}, acc=large,
+                   eigs=cls_eigs, smallest=[-1.0, -1.0], largest=[5.0, 5.0])  # fmt: skip
+    runs, ablations, gap, local = _ablation_findings(tmp_path)
+    assert [r.name for r in runs] == ["vit_tiny-f0.06"]  # ablations stay out of claims 1-11
+    labels = {r.label for r in ablations}
+    assert {"vit_tiny head=gap (6%)", "vit_local_tiny kernel=3 (6%)"} <= labels
+    want = F.HOLDS if sign > 0 else F.FAILS
+    assert gap.verdict == want, gap
+    assert local.verdict == want, local
+    assert "3x3" in local.evidence and "global" in local.evidence
+
+
+def test_negative_eigenvalue_ties_are_broken_by_relative_magnitude(tmp_path):
+    same = [[-1.0, 5.0, 6.0, 7.0, 8.0]]  # 20% negative in both runs
+    write_ablation(tmp_path, "vit_tiny-f0.06", "vit_tiny", {}, acc=0.5, eigs=same,
+                   smallest=[-27.0], largest=[50.0])  # fmt: skip
+    write_ablation(tmp_path, "ab-gap", "vit_tiny", {"head": "gap"}, acc=0.5, eigs=same,
+                   smallest=[-9.7], largest=[20.0])  # fmt: skip
+    _, _, gap, _ = _ablation_findings(tmp_path)
+    assert gap.verdict == F.HOLDS and "0.485 vs 0.540" in gap.evidence, gap
+    # an exact tie on both measures decides nothing
+    tie = tmp_path / "tie"
+    for name, kw in (("vit_tiny-f0.06", {}), ("ab-gap", {"head": "gap"})):
+        write_ablation(tie, name, "vit_tiny", kw, acc=0.5, eigs=same, smallest=[-1.0],
+                       largest=[8.0])  # fmt: skip
+    _, _, gap, local = _ablation_findings(tie)
+    assert gap.verdict == F.INCONCLUSIVE and "tied" in gap.evidence
+    assert local.verdict == F.INCONCLUSIVE and "needs runs of a vit_local" in local.evidence

@@ -164,3 +164,30 @@ def test_bf16_autocast_trains_on_cpu(folder_data, tmp_path):
     rows = read_jsonl(tmp_path / "run" / "metrics.jsonl")
     assert len(rows) == 1 and torch.isfinite(torch.tensor(rows[0]["train_loss"]))
     assert 0.0 <= result.last["test_acc"] <= 1.0
+
+
+@pytest.mark.parametrize("fused", [False, True])
+def test_fused_attention_option_routes_training_through_sdpa(
+    folder_data, tmp_path, monkeypatch, fused
+):
+    calls = []
+    sdpa = torch.nn.functional.scaled_dot_product_attention
+
+    def counting(*args, **kwargs):
+        calls.append(1)
+        return sdpa(*args, **kwargs)
+
+    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", counting)
+    cfg = _cfg(folder_data, epochs=1, warmup_epochs=0, fused_attention=fused)
+    cfg = resolve(preset=None, overrides={**_as_dict(cfg), "model": {"name": "vit_tiny"}})
+    train(cfg, tmp_path / "run")
+    assert bool(calls) == fused
+    from vitscope.models.layers import _FUSED_ATTENTION
+
+    assert _FUSED_ATTENTION is False  # switched off again after training
+
+
+def _as_dict(cfg):
+    from vitscope.config import to_dict
+
+    return to_dict(cfg)

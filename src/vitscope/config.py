@@ -126,6 +126,9 @@ class TrainConfig:
     amp: str = "none"  # none | bf16 (autocast)
     compile: bool = False  # torch.compile the model for training
     channels_last: bool = False  # channels-last model and batches (speeds up convs on GPUs)
+    # fused attention kernels (scaled_dot_product_attention) while training and evaluating;
+    # first-order only: the analyses' Hessian-vector products always use explicit softmax
+    fused_attention: bool = False
     # DDP only: SyncBatchNorm (CUDA), so BatchNorm sees the global batch as in one process;
     # off, each rank normalises with its own B/W images and rank 0's running stats are kept
     sync_bn: bool = False

@@ -474,6 +474,35 @@ def negative_share(result: Result) -> float | None:
     return float(v) if _finite(v) else None
 
 
+def negative_ratio(result: Result) -> float | None:
+    """Mean over batches of ``max(0, -λ_min) / λ_max``: how negative the spectrum reaches,
+    relative to its top (scale-free, so models with different curvature scales compare)."""
+    lo, hi = result.values.get("smallest") or [], result.values.get("largest") or []
+    ratios = [max(0.0, -a) / b for a, b in zip(lo, hi) if _finite(a) and _finite(b) and b > 0]
+    return float(np.mean(ratios)) if ratios else None
+
+
+def fewer_negatives(a: Sequence[StudyRun], b: Sequence[StudyRun]) -> tuple[bool | None, str]:
+    """Whether runs ``a`` have fewer negative Hessian eigenvalues than runs ``b``.
+
+    Compares the share of negative top-k eigenvalues; a tie (common with few batches) is
+    broken by :func:`negative_ratio`; still tied (or missing): ``None``. Returns the vote and
+    the numbers behind it.
+    """
+    sa, sb = _mean_of(a, negative_share, "hessian"), _mean_of(b, negative_share, "hessian")
+    ra, rb = _mean_of(a, negative_ratio, "hessian"), _mean_of(b, negative_ratio, "hessian")
+    if sa is None or sb is None:
+        return None, "no eigenvalues"
+    text = f"negative share {sa:.1%} vs {sb:.1%}"
+    if ra is not None and rb is not None:
+        text += f", |λmin|/λmax {ra:.3f} vs {rb:.3f}"
+    if sa != sb:
+        return sa < sb, text
+    if ra is None or rb is None or ra == rb:
+        return None, text + " (tied)"
+    return ra < rb, text
+
+
 def top_eigenvalue(result: Result) -> float | None:
     """Mean over batches of the largest Hessian eigenvalue (``values.largest``, else top-k max)."""
     largest = [float(v) for v in result.values.get("largest") or [] if _finite(v)]
@@ -904,8 +933,9 @@ def check_gap_head(runs: Sequence[StudyRun]) -> Finding:
     detail = (
         "Pairs of ViT/PiT runs that differ only in the head (`model.kwargs.head` gap vs cls, "
         "same model, dataset and fraction; usually an ablation run and its main run): share "
-        "of negative top-k Hessian eigenvalues. Holds if the GAP run's share is lower in every "
-        "pair, does not hold if in none (a tie counts as not lower), else inconclusive. "
+        "of negative top-k Hessian eigenvalues, a tie broken by |λmin|/λmax (mean over "
+        "batches). Holds if the GAP run has fewer in every decided pair, does not hold if in "
+        "none, else (or if every pair is tied) inconclusive. "
         "Paper: §5 (smoothing methods such as GAP suppress negative eigenvalues)."
     )
     groups: dict[tuple, dict[str, list[StudyRun]]] = {}
@@ -917,22 +947,20 @@ def check_gap_head(runs: Sequence[StudyRun]) -> Finding:
         groups.setdefault((r.model, r.dataset, round(r.fraction, 6), rest), {}).setdefault(
             head, []
         ).append(r)
-    pairs = []
+    votes, parts = [], []
     for (model, dataset, fraction, _), heads in sorted(groups.items()):
         if "gap" in heads and "cls" in heads:
-            g = _mean_of(heads["gap"], negative_share, "hessian")
-            c = _mean_of(heads["cls"], negative_share, "hessian")
-            if g is not None and c is not None:
-                pairs.append((f"{model} {dataset} {pct(fraction)}", g, c))
-    if not pairs:
-        why = (
+            vote, text = fewer_negatives(heads["gap"], heads["cls"])
+            parts.append(f"{model} {dataset} {pct(fraction)}: GAP vs CLS {text}")
+            if vote is not None:
+                votes.append(vote)
+    if not votes:
+        why = "; ".join(parts) or (
             "needs hessian results of two ViT/PiT runs differing only in head (gap vs cls), "
             "e.g. a study `ablations:` entry with model.kwargs.head=gap"
         )
         return Finding(claim, INCONCLUSIVE, why, detail)
-    votes = [g < c for _, g, c in pairs]
-    evidence = "; ".join(f"{w}: GAP {g:.1%} vs CLS {c:.1%}" for w, g, c in pairs)
-    return Finding(claim, _unanimous(votes), evidence, detail)
+    return Finding(claim, _unanimous(votes), "; ".join(parts), detail)
 
 
 def check_local_msa(runs: Sequence[StudyRun]) -> Finding:
@@ -941,8 +969,9 @@ def check_local_msa(runs: Sequence[StudyRun]) -> Finding:
     detail = (
         "Runs of one local-MSA model (`vit_local_*`, `model.kwargs.kernel`; 0/null = global) "
         "on the same dataset and fraction: the smallest kernel vs the largest (or global). Two "
-        "votes per group: lower best test error, and lower share of negative top-k Hessian "
-        "eigenvalues. Holds if every vote agrees, does not hold if none does, else "
+        "votes per group: lower best test error, and fewer negative Hessian eigenvalues (share "
+        "of negative top-k eigenvalues, a tie broken by |λmin|/λmax). Holds if every vote "
+        "agrees, does not hold if none does, else "
         "inconclusive. Paper: Fig 7 (3x3 27.89% < 5x5 28.05% < 8x8 28.94% error, CIFAR-100)."
     )
     groups: dict[tuple, list[tuple[float, StudyRun]]] = {}
@@ -968,11 +997,10 @@ def check_local_msa(runs: Sequence[StudyRun]) -> Finding:
         hs = [r for r in small if "hessian" in r.results]
         hl = [r for r in large if "hessian" in r.results]
         if hs and hl:
-            ns = _mean_of(hs, negative_share, "hessian")
-            nl = _mean_of(hl, negative_share, "hessian")
-            if ns is not None and nl is not None:
-                votes.append(ns < nl)
-                text.append(f"negative eigenvalues {ns:.1%} vs {nl:.1%}")
+            vote, numbers = fewer_negatives(hs, hl)
+            if vote is not None:
+                votes.append(vote)
+            text.append(numbers)
         if len(text) > 1:
             parts.append(" ".join(text[:1]) + " " + ", ".join(text[1:]))
     if not votes:

@@ -30,6 +30,7 @@ from ..io import (
     write_jsonl,
 )
 from ..models import create_model
+from ..models.layers import use_fused_attention
 from . import distributed
 from .checkpoint import gather_rng_states, load_checkpoint, restore_rng_states, save_checkpoint
 from .loop import evaluate, train_one_epoch
@@ -302,33 +303,34 @@ def train(cfg: RunConfig | None, out: str | Path, *, resume: bool = False) -> Tr
             leave=False,
             desc=f"{cfg.model.name} epoch {epoch + 1}/{t.total_epochs}",
         )
-        stats = train_one_epoch(
-            model,
-            images,
-            labels,
-            augment=augment,
-            optimizer=optimizer,
-            cfg=t,
-            epoch=epoch,
-            generator=generator,
-            forward=forward,
-            progress=_progress(bar),
-        )
-        bar.close()
-        # per-rank BatchNorm running stats differ: evaluate (and save) rank 0's everywhere
-        distributed.broadcast_tensors(list(model.buffers()))
-        test = evaluate(
-            model,
-            test_images,
-            test_labels,
-            mean=info.mean,
-            std=info.std,
-            batch_size=t.eval_batch_size,
-            amp=t.amp,
-            n_bins=t.ece_bins,
-            channels_last=t.channels_last,
-            sharded=True,
-        )
+        with use_fused_attention(t.fused_attention):
+            stats = train_one_epoch(
+                model,
+                images,
+                labels,
+                augment=augment,
+                optimizer=optimizer,
+                cfg=t,
+                epoch=epoch,
+                generator=generator,
+                forward=forward,
+                progress=_progress(bar),
+            )
+            bar.close()
+            # per-rank BatchNorm running stats differ: evaluate (and save) rank 0's everywhere
+            distributed.broadcast_tensors(list(model.buffers()))
+            test = evaluate(
+                model,
+                test_images,
+                test_labels,
+                mean=info.mean,
+                std=info.std,
+                batch_size=t.eval_batch_size,
+                amp=t.amp,
+                n_bins=t.ece_bins,
+                channels_last=t.channels_last,
+                sharded=True,
+            )
         elapsed += stats["seconds"]
         last = {
             "epoch": epoch + 1,
