@@ -151,3 +151,21 @@ def test_ablation_and_buildup_config_errors():
         from_dict(StudyConfig, {**base, "ablations": bad}, "study")
     with pytest.raises(ConfigError, match="unknown build-up base"):
         from_dict(StudyConfig, {**base, "buildup": {"base": "vgg"}}, "study")
+
+
+def test_a_study_may_grow_ablations_but_not_change_its_runs(folder_data, tmp_path):
+    data = yaml.safe_load(open(load_study.__globals__["_study_dir"]() / "smoke.yaml"))
+    data["train"]["data"] = {"name": "folder", "root": str(folder_data)}
+    data.update(models=["vit_tiny"], fractions=[1.0], analyses={})
+    out = tmp_path / "s"
+    reproduce(from_dict(StudyConfig, data, "study"), out, log=lambda s: None)
+    last = out / "runs" / "vit_tiny-f1" / "checkpoints" / "last.pt"
+    mtime = last.stat().st_mtime_ns
+    gap = {"model": {"name": "vit_tiny", "kwargs": {"head": "gap"}}}
+    grown = {**data, "ablations": {"gap": gap}}
+    reproduce(from_dict(StudyConfig, grown, "study"), out, log=lambda s: None)
+    assert (out / "ablations" / "gap-f1" / "checkpoints" / "last.pt").is_file()
+    assert last.stat().st_mtime_ns == mtime  # the main run was not retrained
+    changed = {**grown, "train": {**grown["train"], "train": {"epochs": 2, "progress": False}}}
+    with pytest.raises(VitscopeError, match="different study"):
+        reproduce(from_dict(StudyConfig, changed, "study"), out, log=lambda s: None)

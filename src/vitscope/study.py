@@ -402,6 +402,16 @@ def load_study(preset: str) -> StudyConfig:
     return from_dict(StudyConfig, data, "study")
 
 
+#: fields a study may gain or change in an existing folder: their runs guard themselves
+#: (a run directory or build-up search refuses a different config), the description is text
+GROWABLE = ("description", "ablations", "buildup")
+
+
+def _core(study: StudyConfig) -> dict:
+    """What an existing study folder must agree on: runs, recipe and analysis settings."""
+    return {k: v for k, v in to_dict(study).items() if k not in GROWABLE}
+
+
 def reproduce(
     preset: str | StudyConfig,
     out: str | Path,
@@ -450,7 +460,7 @@ def reproduce(
     parse_only(list(study.analyses))
     analysis_configs(list(study.analyses), study.analysis_sets())
     saved = root / "study.yaml"
-    if saved.is_file() and from_dict(StudyConfig, load_yaml(saved), "study") != study:
+    if saved.is_file() and _core(from_dict(StudyConfig, load_yaml(saved), "study")) != _core(study):
         raise VitscopeError(f"{root} holds a different study; choose another --out")
     if main:
         root.mkdir(parents=True, exist_ok=True)
