@@ -219,8 +219,7 @@ def _cmd_reproduce(args: argparse.Namespace) -> int:
     from .study import reproduce
 
     force = [f.strip() for f in (args.force or "").split(",") if f.strip()]
-    report = reproduce(args.preset, args.out, force=force, device=args.device)
-    _say(f"report: {report}")
+    reproduce(args.preset, args.out, force=force, device=args.device)  # logs the report's path
     return 0
 
 
