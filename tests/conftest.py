@@ -48,3 +48,37 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+def _hvp_vs_central_differences(loss_fn, params) -> float:
+    """Relative error of autograd's Hessian-vector product (double backward) against central
+    differences of the gradient, along a random direction (float64 parameters expected)."""
+
+    def grads(create_graph=False):
+        return torch.autograd.grad(loss_fn(), params, create_graph=create_graph)
+
+    v = [torch.randn_like(p) for p in params]
+    g = grads(create_graph=True)
+    hv = torch.autograd.grad(sum((gi * vi).sum() for gi, vi in zip(g, v)), params)
+    eps = 1e-5  # central differences: error O(eps^2) against float64 round-off O(1e-16 / eps)
+    with torch.no_grad():
+        for p, vi in zip(params, v):
+            p.add_(eps * vi)
+    g_plus = grads()
+    with torch.no_grad():
+        for p, vi in zip(params, v):
+            p.sub_(2 * eps * vi)
+    g_minus = grads()
+    with torch.no_grad():
+        for p, vi in zip(params, v):
+            p.add_(eps * vi)  # back to the original point
+    fd = torch.cat([(a - b).flatten() / (2 * eps) for a, b in zip(g_plus, g_minus)])
+    hv = torch.cat([h.flatten() for h in hv])
+    assert torch.isfinite(hv).all()
+    return float((hv - fd).norm() / hv.norm())
+
+
+@pytest.fixture
+def hvp_error():
+    """``hvp_error(loss_fn, params)``: see :func:`_hvp_vs_central_differences`."""
+    return _hvp_vs_central_differences

@@ -25,6 +25,7 @@ the same search works with any ``--data``.
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -169,8 +170,6 @@ def _label(msas: Sequence[int], parent: Sequence[int] | None) -> str:
 
 
 def _read_state(path: Path, cfg: BuildupConfig, depths: Sequence[int]) -> dict:
-    import json
-
     if not path.is_file():
         return {}
     try:
@@ -209,15 +208,14 @@ def buildup(
     depths = stage_depths(cfg.base)
     path = root / STATE
     state = _read_state(path, cfg, depths)
-    done = {layout_key(c["msas"]): c for c in state.get("candidates", [])}
+    done = {layout_key(c["msas"]): c for c in state.get("steps", [])}
     candidate_config(cfg, [0] * len(depths))  # bad overrides fail before anything trains
     if distributed.is_main():
         root.mkdir(parents=True, exist_ok=True)
 
-    steps: list[dict] = []
-    best: dict = {}  # the search's best layout so far (the last kept step)
+    steps: list[dict] = []  # every candidate, in search order
 
-    def save(status: str) -> None:
+    def save(status: str) -> dict:
         body = {
             "base": cfg.base,
             "model": base_model(cfg.base)[0],
@@ -231,13 +229,13 @@ def buildup(
             },
             "overrides": cfg.overrides,
             "train_preset": cfg.train_preset,
-            "candidates": steps,
             "steps": steps,
             "best": {k: best[k] for k in ("label", "msas", "layout", "acc", "run")},
             "provenance": provenance(),
         }
         if distributed.is_main():
             atomic_write_json(path, body)
+        return body
 
     def evaluate(msas: list[int], parent: list[int] | None) -> dict:
         key = layout_key(msas)
@@ -260,8 +258,8 @@ def buildup(
         steps.append(step)
         return step
 
-    best = evaluate([0] * len(depths), None)
-    best["kept"] = True  # the base CNN is the first "best"
+    best = evaluate([0] * len(depths), None)  # the best layout so far: the last kept step
+    best["kept"] = True
     save("running")
     stage = len(depths)
     while True:
@@ -277,19 +275,16 @@ def buildup(
         else:
             stage -= 1  # rule 2: the next MSA goes to the end of an earlier stage
         save("running")
-    save("done")
-    final = best
+    body = save("done")
     if distributed.is_main():
-        atomic_write_text(root / BEST, dump_yaml(candidate_config(cfg, final["msas"])))
+        atomic_write_text(root / BEST, dump_yaml(candidate_config(cfg, best["msas"])))
         if figure:
             _write_figure(root / FIGURE, steps)
     log(
-        f"buildup: best {final['layout']} ({100 * final['acc']:.2f}%): "
-        f"create_model({base_model(cfg.base)[0]!r}, msas={tuple(final['msas'])})"
+        f"buildup: best {best['layout']} ({100 * best['acc']:.2f}%): "
+        f"create_model({base_model(cfg.base)[0]!r}, msas={tuple(best['msas'])})"
     )
-    import json
-
-    return json.loads(path.read_text()) if path.is_file() else {"steps": steps}
+    return body
 
 
 def _write_figure(path: Path, steps: Sequence[dict]) -> None:

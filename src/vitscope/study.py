@@ -332,12 +332,15 @@ class StudyConfig:
             for model in self.models
         }
 
-    def _resolve(self, fraction: float, *layers: dict) -> RunConfig:
+    def _overrides(self, fraction: float, *layers: dict) -> dict:
+        """RunConfig overrides at ``fraction``: study, fraction, then ``layers``, in order."""
         overrides = merge(self.train, self.fraction_overrides.get(fraction, {}))
         for layer in layers:
             overrides = merge(overrides, layer)
-        overrides = merge(overrides, {"data": {"fraction": fraction}})
-        return resolve(preset=self.train_preset, overrides=overrides)
+        return merge(overrides, {"data": {"fraction": fraction}})
+
+    def _resolve(self, fraction: float, *layers: dict) -> RunConfig:
+        return resolve(preset=self.train_preset, overrides=self._overrides(fraction, *layers))
 
     def ablation_runs(self) -> dict[str, tuple[RunConfig, list[str]]]:
         """Ablation run name -> (resolved RunConfig, analyses to run on it)."""
@@ -359,9 +362,7 @@ class StudyConfig:
             return None
         spec = dict(self.buildup)
         fraction = spec.pop("fraction", 1.0)
-        overrides = merge(self.train, self.fraction_overrides.get(fraction, {}))
-        overrides = merge(overrides, spec.pop("overrides", {}) or {})
-        overrides = merge(overrides, {"data": {"fraction": fraction}})
+        overrides = self._overrides(fraction, spec.pop("overrides", {}) or {})
         spec = {"train_preset": self.train_preset, **spec, "overrides": overrides}
         return from_dict(BuildupConfig, spec, "study.buildup")
 
