@@ -14,7 +14,8 @@ parameters, no L2 (PyHessian has none). Then
 * ``vitscope``: :class:`HessianOperator` + :func:`lanczos` (``k=5, tol=1e-3, max_iter=100``,
   top-5 by magnitude), float32;
 * ``pyhessian``: ``hessian(model, criterion, data=(x, t), cuda=False).eigenvalues(top_n=5,
-  maxIter=100, tol=1e-3)`` (power iteration with deflation; the paper's tool, spec §5),
+  maxIter=100, tol=1e-3)`` (power iteration with deflation; the paper's tool,
+  ``docs/methods/hessian.md``),
   float32, its Hessian-vector products counted by wrapping ``hessian_vector_product``;
 * ``reference``: Lanczos on a float64 copy of the model at ``tol=1e-8``.
 

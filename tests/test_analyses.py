@@ -6,8 +6,17 @@ import pytest
 import torch
 from torch import nn
 
-from vitscope import study
-from vitscope.analyses import ANALYSES, EvalData, Result, fourier, lesion, noise, variance
+from vitscope import run_analyses as study
+from vitscope.analyses import (
+    EvalData,
+    Result,
+    fourier,
+    get_analysis,
+    lesion,
+    list_analyses,
+    noise,
+    variance,
+)
 from vitscope.cli import main
 from vitscope.models import blocks, create_model, replace_unit
 
@@ -43,7 +52,7 @@ def test_every_analysis_runs_on_every_tiny_model(name, tmp_path):
         "lesion": lesion.Config(num_images=8),
     }
     for key, cfg in configs.items():
-        result = ANALYSES[key].run(model, data, cfg)
+        result = get_analysis(key).execute(model, data, cfg)
         result.save(tmp_path)
         back = Result.load(tmp_path, key)
         assert back.values == json.loads(json.dumps(result.values))
@@ -134,7 +143,8 @@ def test_lesion_zero_mode_removes_a_user_branch():
     model = ToyViT().eval()
     spec = {"mlp": "blocks.*.mlp"}
     _zero_last_layer(model.blocks[1]["mlp"])
-    result = lesion.run(model, _data(n=32), lesion.Config(num_images=32, mode="zero"), spec=spec)
+    cfg = lesion.Config(num_images=32, mode="zero")
+    result = lesion.ANALYSIS.execute(model, _data(n=32), cfg, blocks=spec)
     assert result.values["delta_acc"][1] == 0.0
 
 
@@ -289,7 +299,7 @@ def test_overfitting_measures_augmented_training_nll():
 
 
 def test_compare_overlays_several_runs(tmp_path):
-    from vitscope.report.compare import COMPARE, compare_runs
+    from vitscope.report.compare import compare_runs
 
     torch.manual_seed(0)
     runs = []
@@ -301,13 +311,64 @@ def test_compare_overlays_several_runs(tmp_path):
             "variance": variance.Config(num_images=4),
             "noise": noise.Config(frequencies=(0.5,), num_images=8),
         }.items():
-            r = ANALYSES[key].run(model, _data(n=8), cfg)
+            r = get_analysis(key).execute(model, _data(n=8), cfg)
             r.meta["label"] = name
             r.save(run / "results")
         runs.append(run)
     for key in ("fourier", "variance", "noise"):
         out = compare_runs(key, runs, tmp_path / f"{key}.png")
         assert out.stat().st_size > 1000
-    assert {"hessian", "landscape"} <= set(COMPARE)
+    declared = {n for n in list_analyses() if get_analysis(n).compare is not None}
+    assert {"fourier", "variance", "noise", "lesion", "hessian", "landscape"} <= declared
     assert main(["compare", "fourier", *map(str, runs), "--out", str(tmp_path / "c.png")]) == 0
     assert main(["compare", "hessian", *map(str, runs), "--out", str(tmp_path / "h.png")]) == 2
+
+
+# every registered analysis x every tiny model: small settings, the full contract
+SMALL = {
+    "fourier": {"num_images": 8, "batch_size": 4},
+    "variance": {"num_images": 8, "batch_size": 4},
+    "noise": {"frequencies": (0.2, 0.8), "num_images": 8},
+    "lesion": {"num_images": 8},
+    "overfitting": {"batches": 1, "batch_size": 8},
+    "landscape": {"dims": 1, "num_points": 3, "batches": 1, "batch_size": 8},
+    "hessian": {
+        "batches": 1,
+        "batch_size": 8,
+        "top_k": 2,
+        "max_iter": 12,
+        "density_batches": 0,
+        "trace_batches": 0,
+    },
+}
+ALL_TINY = [n for n in __import__("vitscope").list_models() if n.endswith("_tiny")]
+
+
+@pytest.mark.parametrize("model_name", ALL_TINY)
+@pytest.mark.parametrize("name", list_analyses())
+def test_every_registered_analysis_on_every_tiny_model(name, model_name, tmp_path):
+    from dataclasses import fields
+
+    from vitscope.config import from_dict
+
+    spec = get_analysis(name)
+    torch.manual_seed(0)
+    model = create_model(model_name, num_classes=10, in_chans=1, img_size=28).eval()
+    cfg = from_dict(spec.config, SMALL.get(name, {}), name)
+    assert any(f.name == "device" for f in fields(cfg)) or name not in SMALL
+    data = _train_data(n=16) if spec.split == "train" else _data()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    result = spec.execute(model, data, cfg, workdir=tmp_path)
+    assert result.name == name
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert not model.training
+    result.summary = spec.summarize(result)
+    assert result.summary and all(v is None or math.isfinite(v) for v in result.summary.values())
+    result.save(tmp_path)
+    back = Result.load(tmp_path, name)
+    assert back.values == json.loads(json.dumps(result.values))
+    assert back.summary == result.summary
+    optional = getattr(spec.keys, "OPTIONAL", ())
+    for k, key in vars(spec.keys or object).items():
+        if k.isupper() and isinstance(key, str) and "{" not in key and key not in optional:
+            assert key in back.values or key in back.arrays, f"{name}: {key} not written"

@@ -68,7 +68,7 @@ def test_tiny_base_rules_fall_back_to_earlier_stages(tmp_path):
 
 
 def test_paper_base_reaches_alter_resnet50(tmp_path):
-    # the paper's CIFAR-100 build-up (spec §7.2), with its accuracies
+    # the paper's CIFAR-100 build-up (``docs/methods/alternet.md``), with its accuracies
     assert stage_depths("resnet50") == (3, 4, 6, 4)
     accs = {
         (0, 0, 0, 0): 82.48,

@@ -152,7 +152,8 @@ def test_study_writes_results_and_figures_on_rank_zero_only(sharded, reference):
     assert len((sharded / "out" / "log.rank0.txt").read_text().splitlines()) == len(ALL)
     # the direct runs' resume files: rank 0's own file, rank 1's log
     work = sharded / "work"
-    assert (work / "landscape.partial.npz").is_file()
+    assert (work / "landscape.partial.npz").is_file()  # the directions
+    assert (work / "landscape.partial.json").is_file()  # rank 0's points
     assert (work / "landscape.partial.rank1.jsonl").is_file()
     assert (work / "hessian.partial.rank1.jsonl").is_file()
 
@@ -162,15 +163,13 @@ def test_study_writes_results_and_figures_on_rank_zero_only(sharded, reference):
 
 def saved_items(work: Path, name: str) -> list[str]:
     """Items in the resume files (rank 0's file and every rank log), read by hand."""
+    own = work / f"{name}.partial.json"  # absent if rank 0 was killed in its first item
+    items = [json.loads(k) for k in json.loads(own.read_text())["items"]] if own.is_file() else []
+    items += [row["item"] for row in _log_rows(work, f"{name}.partial")]
     if name == "landscape":
         xs, ys = landscape.grid_axes(worker.CONFIGS[name])
-        with np.load(work / "landscape.partial.npz") as z:
-            done = [(int(j), int(i)) for j, i in zip(*np.nonzero(z["done"]))]
-        logs = [row["item"] for row in _log_rows(work, "landscape.partial")]
-        return [f"{float(xs[i])!r} {float(ys[j])!r}" for j, i in done + logs]
-    own = work / "hessian.partial.json"  # absent if rank 0 was killed in its first batch
-    items = [str(int(i)) for i in json.loads(own.read_text())["batches"]] if own.is_file() else []
-    return items + [str(row["item"]) for row in _log_rows(work, "hessian.partial")]
+        return [f"{float(xs[i])!r} {float(ys[j])!r}" for j, i in items]
+    return [str(i) for i in items]
 
 
 def _log_rows(work: Path, stem: str) -> list[dict]:

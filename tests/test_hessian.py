@@ -395,7 +395,7 @@ def test_kill_and_resume_gives_the_same_result(tmp_path, monkeypatch):
         trace_batches=3,
         trace_samples=4,
     )
-    full = hessian.run(model, data, cfg, workdir=tmp_path / "a")
+    full = hessian.ANALYSIS.execute(model, data, cfg, workdir=tmp_path / "a")
     assert full.values["resumed_batches"] == 0
 
     real = hessian.analyze_batch
@@ -407,12 +407,12 @@ def test_kill_and_resume_gives_the_same_result(tmp_path, monkeypatch):
 
     monkeypatch.setattr(hessian, "analyze_batch", killed_at_2)
     with pytest.raises(KeyboardInterrupt):
-        hessian.run(model, data, cfg, workdir=tmp_path / "b")
-    partial = json.loads((tmp_path / "b" / hessian.PARTIAL).read_text())
-    assert sorted(partial["batches"]) == ["0", "1"]
+        hessian.ANALYSIS.execute(model, data, cfg, workdir=tmp_path / "b")
+    partial = json.loads((tmp_path / "b" / "hessian.partial.json").read_text())
+    assert sorted(partial["items"]) == ["0", "1"]
     monkeypatch.setattr(hessian, "analyze_batch", real)
 
-    resumed = hessian.run(model, data, cfg, workdir=tmp_path / "b")
+    resumed = hessian.ANALYSIS.execute(model, data, cfg, workdir=tmp_path / "b")
     assert resumed.values["resumed_batches"] == 2
     timing = {"seconds", "seconds_total", "resumed_batches"}
     for key, value in full.values.items():
@@ -423,22 +423,22 @@ def test_kill_and_resume_gives_the_same_result(tmp_path, monkeypatch):
         np.testing.assert_array_equal(resumed.arrays[key], a)
 
     # more batches: the finished ones are kept
-    more = hessian.run(model, data, replace(cfg, batches=5), workdir=tmp_path / "b")
+    more = hessian.ANALYSIS.execute(model, data, replace(cfg, batches=5), workdir=tmp_path / "b")
     assert more.values["resumed_batches"] == 4
     assert more.values["eigenvalues"][:4] == full.values["eigenvalues"]
     # another config or another model state: start over
     with pytest.warns(UserWarning, match="starting over"):
-        other = hessian.run(model, data, replace(cfg, top_k=2), workdir=tmp_path / "b")
+        other = hessian.ANALYSIS.execute(model, data, replace(cfg, top_k=2), workdir=tmp_path / "b")
     assert other.values["resumed_batches"] == 0
     with torch.no_grad():
         model.fc.bias.add_(1.0)
     with pytest.warns(UserWarning, match="starting over"):
-        moved = hessian.run(model, data, replace(cfg, top_k=2), workdir=tmp_path / "b")
+        moved = hessian.ANALYSIS.execute(model, data, replace(cfg, top_k=2), workdir=tmp_path / "b")
     assert moved.values["resumed_batches"] == 0
     # a torn file is ignored
-    (tmp_path / "b" / hessian.PARTIAL).write_text("{")
+    (tmp_path / "b" / "hessian.partial.json").write_text("{")
     with pytest.warns(UserWarning, match="unreadable"):
-        hessian.run(model, data, replace(cfg, batches=1), workdir=tmp_path / "b")
+        hessian.ANALYSIS.execute(model, data, replace(cfg, batches=1), workdir=tmp_path / "b")
 
 
 # ------------------------------------------------------------------- attention models, result
@@ -529,14 +529,15 @@ def test_config_validation_and_overrides():
     assert cfg.patterns == ("head.*", "blocks.0.*") and cfg.weight_decay == 1e-4
     with pytest.raises(ConfigError, match="matches no parameter"):
         hessian.run(tiny_model("mlp"), train_data(), hessian.Config(params="nothing.*"))
-    assert hessian.SPLIT == "train" and hessian.DEFAULT_CHECKPOINT == "warmup"
-    assert hessian.RESUMABLE is True
+    spec = hessian.ANALYSIS
+    assert spec.split == "train" and spec.default_checkpoint == "warmup" and spec.resumable
 
 
 # ------------------------------------------------------------------------------ figures
 
 
 def fake_result(label: str, fraction: float, seed: int, neg: float) -> Result:
+    family = "ViT" if label.startswith("ViT") else "ResNet"
     rng = np.random.default_rng(seed)
     eig = np.concatenate([rng.normal(40, 10, (6, 4)), rng.normal(-neg, 5, (6, 1))], 1)
     nodes = np.sort(rng.normal(0, 20, (1, 2, 10)), -1)
@@ -547,13 +548,13 @@ def fake_result(label: str, fraction: float, seed: int, neg: float) -> Result:
         "density_nodes": nodes,
         "density_weights": w / w.sum(-1, keepdims=True),
     }
-    return Result("hessian", values, arrays, meta={"label": label, "fraction": fraction})
+    meta = {"label": label, "fraction": fraction, "family": family}
+    return Result("hessian", values, arrays, meta=meta)
 
 
 def test_figures_render(tmp_path):
-    import matplotlib.pyplot as plt
-
     from vitscope.report import hessian_figures as hf
+    from vitscope.report.figures import draw_figure
 
     results = [
         fake_result("ResNet", 1.0, 0, 1.0),
@@ -567,14 +568,11 @@ def test_figures_render(tmp_path):
     assert styles == [("tab:blue", "-"), ("tab:red", "-"), ("tab:red", "--")]
     assert ax_neg.get_xlim()[1] == 0 and ax_pos.get_xlim()[0] == 0
     fig.savefig(tmp_path / "spectrum.png")
-    plt.close(fig)
-    for stem, draw in hf.FIGURES.items():
-        f = draw(results[1])
-        f.savefig(tmp_path / f"{stem}.png")
-        plt.close(f)
+    for figure in hessian.ANALYSIS.figures:
+        draw_figure(results[1], figure).savefig(tmp_path / f"{figure.stem}.png")
     no_density = Result("hessian", {"eigenvalues": [[1.0, -0.5]]}, {})
-    plt.close(hf.FIGURES["hessian_density"](no_density))
-    plt.close(hf.FIGURES["hessian_spectrum"](no_density))
+    for figure in hessian.ANALYSIS.figures:
+        draw_figure(no_density, figure)
     assert (tmp_path / "hessian_spectrum.png").stat().st_size > 0
 
 

@@ -312,21 +312,24 @@ def test_theta0_restored_bit_exactly_even_after_an_exception(name, monkeypatch):
 def test_resume_fills_only_missing_points(tmp_path, monkeypatch):
     model, data = make_model("mlp"), make_data()
     cfg = landscape.Config(**SMALL)
-    full = landscape.run(model, data, cfg, workdir=tmp_path / "full")
+    full = landscape.ANALYSIS.execute(model, data, cfg, workdir=tmp_path / "full")
 
     work = tmp_path / "killed"
     failing_after(4, monkeypatch)  # three points finish, the fourth is killed
     with pytest.raises(Interrupt):
-        landscape.run(model, data, cfg, workdir=work)
-    with np.load(work / "landscape.partial.npz") as z:
-        assert z["done"].sum() == 3 and np.isnan(z["loss"][~z["done"]]).all()
-        np.testing.assert_array_equal(z["loss"][z["done"]], full.arrays["loss"].ravel()[:3])
-    assert json.loads((work / "landscape.partial.json").read_text())["key"]["config"]["seed"] == 0
+        landscape.ANALYSIS.execute(model, data, cfg, workdir=work)
+    partial = json.loads((work / "landscape.partial.json").read_text())
+    assert partial["key"]["config"]["seed"] == 0
+    done = {tuple(json.loads(k)): v["loss"] for k, v in partial["items"].items()}
+    assert sorted(done) == [(0, 0), (0, 1), (0, 2)]  # y outer, x inner
+    np.testing.assert_array_equal([done[p] for p in sorted(done)], full.arrays["loss"].ravel()[:3])
+    with np.load(work / "landscape.partial.npz") as z:  # the directions, kept for the resume
+        np.testing.assert_array_equal(z["d1"], full.arrays["d1"])
 
     monkeypatch.undo()
     calls = failing_after(0, monkeypatch)  # count only
     monkeypatch.setattr(landscape, "draw_directions", None)  # saved directions are re-used
-    resumed = landscape.run(model, data, cfg, workdir=work)
+    resumed = landscape.ANALYSIS.execute(model, data, cfg, workdir=work)
     assert len(calls) == 9 - 3
     for k in ("loss", "nll", "acc", "l2", "d1", "d2"):
         np.testing.assert_array_equal(resumed.arrays[k], full.arrays[k], err_msg=k)
@@ -336,7 +339,8 @@ def test_resume_fills_only_missing_points(tmp_path, monkeypatch):
     calls = failing_after(0, monkeypatch)
     with warnings.catch_warnings(record=True) as caught:  # another config: start over
         warnings.simplefilter("always")
-        landscape.run(model, data, landscape.Config(**{**SMALL, "span": 0.5}), workdir=work)
+        other = landscape.Config(**{**SMALL, "span": 0.5})
+        landscape.ANALYSIS.execute(model, data, other, workdir=work)
     assert len(calls) == 9 and any("starting over" in str(w.message) for w in caught)
 
 
@@ -387,15 +391,14 @@ def synthetic(dims: int, label: str) -> Result:
 @pytest.mark.parametrize("dims", [1, 2])
 def test_figures_render(dims, tmp_path):
     result = synthetic(dims, "ViT")
-    for stem, draw in lf.FIGURES.items():
-        fig = draw(result)
-        fig.savefig(tmp_path / f"{stem}.png")
-        lf.plt.close(fig)
-        assert (tmp_path / f"{stem}.png").stat().st_size > 1000
-    fig, ax = lf.plt.subplots()
+    from vitscope.report.figures import draw_figure, subplots
+
+    for figure in landscape.ANALYSIS.figures:
+        draw_figure(result, figure).savefig(tmp_path / f"{figure.stem}.png")
+        assert (tmp_path / f"{figure.stem}.png").stat().st_size > 1000
+    fig, ax = subplots((4, 3))
     lf.plot_landscape_1d([synthetic(2, "ViT"), synthetic(1, "ResNet")], ax, "nll")
     curves = [line for line in ax.lines if not line.get_label().startswith("_")]
     assert [line.get_label() for line in curves] == ["ViT", "ResNet"]
     np.testing.assert_allclose(curves[0].get_ydata(), np.linspace(-1, 1, 7) ** 2)
-    lf.plt.close(fig)
     assert math.isnan(lf.landscape_slice(synthetic(1, ""), "loss")[1][0])

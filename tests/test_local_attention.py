@@ -1,4 +1,5 @@
-"""Local (convolutional) self-attention, the paper's locality ablation (spec §7.4)."""
+"""Local (convolutional) self-attention, the paper's locality ablation
+(``docs/methods/alternet.md``)."""
 
 from __future__ import annotations
 

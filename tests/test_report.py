@@ -18,11 +18,12 @@ import yaml
 from vitscope.analyses.base import Result
 from vitscope.errors import VitscopeError
 from vitscope.io import write_jsonl
-from vitscope.report import build_report
-from vitscope.report import findings as F
-from vitscope.report.html import read_buildup
+from vitscope.report import build_report, load
+from vitscope.report import claims as C
+from vitscope.report.claims.accuracy import overfit_points, spearman
+from vitscope.report.sections import read_buildup
 
-CLAIMS = [c.__name__ for c in F.CHECKS]
+CLAIMS = [c.__name__ for c in C.CHECKS]
 
 # ---------------------------------------------------------------------------------------------
 # fake studies
@@ -174,9 +175,9 @@ def make_study(root: Path, sign: int, name: str = "study") -> Path:
     return root
 
 
-def verdicts(study_dirs) -> dict[str, F.Finding]:
-    _, runs = F.load_runs([Path(d) for d in study_dirs])
-    return dict(zip(CLAIMS, F.check_all(runs)))
+def verdicts(study_dirs) -> dict[str, C.Finding]:
+    _, runs = load.load_runs([Path(d) for d in study_dirs])
+    return dict(zip(CLAIMS, C.check_all(runs)))
 
 
 @pytest.fixture(scope="module")
@@ -193,7 +194,7 @@ def test_every_claim_holds_on_results_made_to_hold(studies):
     found = verdicts([studies[0]])
     assert len(found) >= 11
     for claim, f in found.items():
-        assert f.verdict == F.HOLDS, (claim, f.evidence)
+        assert f.verdict == C.HOLDS, (claim, f.evidence)
         assert f.evidence and f.detail
     assert "5/5 MSA units" in found["check_msa_high_freq"].evidence
     assert "ViT 33.3% vs ResNet 0.0%" in found["check_hessian_negative"].evidence
@@ -204,14 +205,14 @@ def test_every_claim_holds_on_results_made_to_hold(studies):
 
 def test_every_claim_fails_on_results_made_to_fail(studies):
     for claim, f in verdicts([studies[1]]).items():
-        assert f.verdict == F.FAILS, (claim, f.evidence)
+        assert f.verdict == C.FAILS, (claim, f.evidence)
 
 
 def test_mixed_evidence_is_inconclusive(studies):
     # the two studies pooled: half the MSA units lower the amplitude, half raise it
     found = verdicts(studies)
     f = found["check_msa_high_freq"]
-    assert f.verdict == F.INCONCLUSIVE and "(50%)" in f.evidence
+    assert f.verdict == C.INCONCLUSIVE and "(50%)" in f.evidence
 
 
 def test_missing_analyses_are_inconclusive_with_a_reason(tmp_path):
@@ -219,7 +220,7 @@ def test_missing_analyses_are_inconclusive_with_a_reason(tmp_path):
     write_run(tmp_path, "v", "vit_tiny", acc=0.7)
     found = verdicts([tmp_path])
     for claim, f in found.items():
-        assert f.verdict == F.INCONCLUSIVE, claim
+        assert f.verdict == C.INCONCLUSIVE, claim
         assert f.evidence, claim
     for claim in ("check_msa_high_freq", "check_msa_variance", "check_lesion"):
         assert "not run" in found[claim].evidence
@@ -232,30 +233,30 @@ def test_one_missing_analysis_is_named_in_the_evidence(tmp_path):
     write_run(tmp_path, "a", "vit_tiny", acc=0.8, results=fourier_and_variance(us, +1))
     write_run(tmp_path, "b", "vit_tiny", acc=0.7)
     f = verdicts([tmp_path])["check_msa_high_freq"]
-    assert f.verdict == F.HOLDS and "fourier not run for b" in f.evidence
+    assert f.verdict == C.HOLDS and "fourier not run for b" in f.evidence
 
 
 def test_too_few_units_is_inconclusive(tmp_path):
     us = units(["stem", "msa", "mlp"])
     write_run(tmp_path, "a", "vit_tiny", acc=0.8, results=fourier_and_variance(us, +1))
     f = verdicts([tmp_path])["check_msa_high_freq"]
-    assert f.verdict == F.INCONCLUSIVE and "only 1 MSA unit" in f.evidence
+    assert f.verdict == C.INCONCLUSIVE and "only 1 MSA unit" in f.evidence
 
 
 def test_a_corrupt_result_is_reported_not_fatal(tmp_path):
     d = write_run(tmp_path, "a", "vit_tiny", acc=0.8, results=fourier_and_variance(VIT, +1))
     (d / "results" / "fourier.json").write_text("{not json")
-    _, runs = F.load_runs([tmp_path])
+    _, runs = load.load_runs([tmp_path])
     assert runs[0].status("fourier").startswith("unreadable")
-    f = F.check_msa_high_freq(runs)
-    assert f.verdict == F.INCONCLUSIVE and "unreadable" in f.evidence
+    f = C.check_msa_high_freq(runs)
+    assert f.verdict == C.INCONCLUSIVE and "unreadable" in f.evidence
 
 
 def test_overfitting_falls_back_to_metrics(tmp_path):
     write_run(tmp_path, "a", "vit_tiny", acc=0.8, train_nll=0.4)
     write_run(tmp_path, "b", "resnet_tiny", acc=0.9)
-    _, runs = F.load_runs([tmp_path])
-    pts = {p.run.name: p for p in F.overfit_points(runs)}
+    _, runs = load.load_runs([tmp_path])
+    pts = {p.run.name: p for p in overfit_points(runs)}
     assert pts["a"].source == "overfitting" and pts["a"].train_nll == 0.4
     assert pts["b"].source == "metrics" and pts["b"].train_nll == 0.8
     assert pts["b"].test_error == pytest.approx(10.0)
@@ -263,22 +264,22 @@ def test_overfitting_falls_back_to_metrics(tmp_path):
 
 def test_families_and_spearman():
     names = ["resnet50", "vit_ti", "alternet_tiny", "pit_tiny", "swin_ti", "mixer"]
-    assert [F.family(n) for n in names] == ["ResNet", "ViT", "AlterNet", "PiT", "Swin", "other"]
-    assert F.spearman([1, 2, 3], [10, 20, 30]) == pytest.approx(1.0)
-    assert F.spearman([1, 2, 3], [3, 2, 1]) == pytest.approx(-1.0)
-    assert F.spearman([1, 1, 2], [5, 5, 9]) == pytest.approx(1.0)  # ties share ranks
-    assert F.spearman([1, 2, 3], [4, 4, 4]) is None
+    assert [load.family(n) for n in names] == ["ResNet", "ViT", "AlterNet", "PiT", "Swin", "other"]
+    assert spearman([1, 2, 3], [10, 20, 30]) == pytest.approx(1.0)
+    assert spearman([1, 2, 3], [3, 2, 1]) == pytest.approx(-1.0)
+    assert spearman([1, 1, 2], [5, 5, 9]) == pytest.approx(1.0)  # ties share ranks
+    assert spearman([1, 2, 3], [4, 4, 4]) is None
 
 
 def test_finding_rejects_unknown_verdicts():
     with pytest.raises(ValueError):
-        F.Finding("c", "maybe", "e", "d")
+        C.Finding("c", "maybe", "e", "d")
 
 
 def test_runs_are_found_through_links_and_nested_folders(tmp_path, studies):
     (tmp_path / "runs" / "group").mkdir(parents=True)
     (tmp_path / "runs" / "group" / "vit").symlink_to(studies[0] / "runs" / "vit_tiny-f1")
-    _, runs = F.load_runs([tmp_path])
+    _, runs = load.load_runs([tmp_path])
     assert [r.name for r in runs] == ["group/vit"] and "fourier" in runs[0].results
 
 
@@ -312,7 +313,7 @@ def test_one_self_contained_html_with_every_run_and_the_findings(report, studies
     assert not re.search(r"(href|src)=\"(https?:|//|file:)", page)
     assert "<link" not in page and "<script" not in page and "@import" not in page
     assert "could not be drawn" not in page
-    for verdict in (F.HOLDS, F.FAILS, F.INCONCLUSIVE):
+    for verdict in (C.HOLDS, C.FAILS, C.INCONCLUSIVE):
         assert f">{verdict}</span>" in page
 
 
@@ -349,20 +350,28 @@ def test_bad_study_dirs_raise_one_line_errors(tmp_path):
         build_report(tmp_path)
 
 
-def test_buildup_formats(tmp_path):
+def test_buildup_reads_the_steps_buildup_writes(tmp_path):
     assert read_buildup(tmp_path) is None
     (tmp_path / "buildup").mkdir()
-    (tmp_path / "buildup" / "buildup.json").write_text(
-        json.dumps([{"name": "c4", "n_msas": 1, "test_acc": 0.8345, "kept": True}, {"x": 1}])
-    )
-    assert read_buildup(tmp_path) == [{"label": "c4", "num_msas": 1, "acc": 83.45, "kept": True}]
+    step = {"label": "+c4", "num_msas": 1, "acc": 0.8345, "kept": True, "msas": [0, 0, 0, 1]}
+    body = {"steps": [step, {"x": 1}], "best": step}
+    (tmp_path / "buildup" / "buildup.json").write_text(json.dumps(body))
+    assert read_buildup(tmp_path) == [{"label": "+c4", "num_msas": 1, "acc": 83.45, "kept": True}]
+    # the formats nothing writes any more are not read
+    legacy = [{"name": "c4", "n_msas": 1, "test_acc": 0.8345}]
+    (tmp_path / "buildup" / "buildup.json").write_text(json.dumps({"candidates": legacy}))
+    assert read_buildup(tmp_path) == []
 
 
 def test_report_modules_import_neither_torch_nor_models():
     import vitscope.report as pkg
 
-    for name in ("html.py", "findings.py", "study_figures.py", "__init__.py"):
-        tree = ast.parse((Path(pkg.__file__).parent / name).read_text())
+    root = Path(pkg.__file__).parent
+    files = ["__init__.py", "load.py", "blocks.py", "render.py", "build.py", "study_figures.py"]
+    files += [f"{d}/{p.name}" for d in ("claims", "sections") for p in (root / d).glob("*.py")]
+    assert "claims/base.py" in files and "sections/common.py" in files
+    for name in files:
+        tree = ast.parse((root / name).read_text())
         for node in ast.walk(tree):
             if isinstance(node, ast.Import):
                 mods = [a.name for a in node.names]
@@ -375,6 +384,7 @@ def test_report_modules_import_neither_torch_nor_models():
                     name,
                     m,
                 )
+                assert "pyplot" not in m, (name, m)
 
 
 def write_ablation(study, name, model, kwargs, *, acc, eigs, smallest, largest, fraction=0.06):
@@ -391,9 +401,9 @@ def write_ablation(study, name, model, kwargs, *, acc, eigs, smallest, largest, 
 
 
 def _ablation_findings(root):
-    studies, runs = F.load_runs([root])
-    ablations = F.load_ablations(studies, runs)
-    found = F.check_all(runs, ablations)
+    studies, runs = load.load_runs([root])
+    ablations = load.load_ablations(studies, runs)
+    found = C.check_all(runs, ablations)
     return runs, ablations, found[-2], found[-1]
 
 
@@ -416,7 +426,7 @@ def test_gap_and_local_msa_findings(tmp_path, sign):
     assert [r.name for r in runs] == ["vit_tiny-f0.06"]  # ablations stay out of claims 1-11
     labels = {r.label for r in ablations}
     assert {"vit_tiny head=gap (6%)", "vit_local_tiny kernel=3 (6%)"} <= labels
-    want = F.HOLDS if sign > 0 else F.FAILS
+    want = C.HOLDS if sign > 0 else C.FAILS
     assert gap.verdict == want, gap
     assert local.verdict == want, local
     assert "3x3" in local.evidence and "global" in local.evidence
@@ -429,12 +439,12 @@ def test_negative_eigenvalue_ties_are_broken_by_relative_magnitude(tmp_path):
     write_ablation(tmp_path, "ab-gap", "vit_tiny", {"head": "gap"}, acc=0.5, eigs=same,
                    smallest=[-9.7], largest=[20.0])  # fmt: skip
     _, _, gap, _ = _ablation_findings(tmp_path)
-    assert gap.verdict == F.HOLDS and "0.485 vs 0.540" in gap.evidence, gap
+    assert gap.verdict == C.HOLDS and "0.485 vs 0.540" in gap.evidence, gap
     # an exact tie on both measures decides nothing
     tie = tmp_path / "tie"
     for name, kw in (("vit_tiny-f0.06", {}), ("ab-gap", {"head": "gap"})):
         write_ablation(tie, name, "vit_tiny", kw, acc=0.5, eigs=same, smallest=[-1.0],
                        largest=[8.0])  # fmt: skip
     _, _, gap, local = _ablation_findings(tie)
-    assert gap.verdict == F.INCONCLUSIVE and "tied" in gap.evidence
-    assert local.verdict == F.INCONCLUSIVE and "needs runs of a vit_local" in local.evidence
+    assert gap.verdict == C.INCONCLUSIVE and "tied" in gap.evidence
+    assert local.verdict == C.INCONCLUSIVE and "needs runs of a vit_local" in local.evidence

@@ -6,7 +6,8 @@ import yaml
 from vitscope.cli import main
 from vitscope.config import from_dict
 from vitscope.errors import ConfigError, DatasetError, VitscopeError
-from vitscope.report import findings as F
+from vitscope.report import claims as C
+from vitscope.report import load as L
 from vitscope.study import StudyConfig, list_studies, load_study, reproduce
 
 
@@ -30,7 +31,7 @@ def test_shipped_presets_are_the_issue_s():
 
 def _smoke(folder):
     data = yaml.safe_load(open(load_study.__globals__["_study_dir"]() / "smoke.yaml"))
-    data["train"]["data"] = {"name": "folder", "root": str(folder)}
+    data["run"]["data"] = {"name": "folder", "root": str(folder)}
     data["fractions"] = [1.0]
     return from_dict(StudyConfig, data, "study")
 
@@ -108,7 +109,7 @@ def test_list_studies_cli(capsys):
 
 def test_reproduce_with_ablations_and_buildup(folder_data, tmp_path):
     data = yaml.safe_load(open(load_study.__globals__["_study_dir"]() / "smoke.yaml"))
-    data["train"]["data"] = {"name": "folder", "root": str(folder_data)}
+    data["run"]["data"] = {"name": "folder", "root": str(folder_data)}
     data["fractions"] = [1.0]
     data["models"] = ["vit_tiny"]
     data["analyses"] = {"hessian": data["analyses"]["hessian"]}
@@ -131,21 +132,21 @@ def test_reproduce_with_ablations_and_buildup(folder_data, tmp_path):
     html = report.read_text()
     assert 'id="ablations"' in html and 'id="buildup"' in html
     assert "vit_tiny head=gap" in html and "vit_local_tiny kernel=0" in html
-    _, runs = F.load_runs([out])
+    _, runs = L.load_runs([out])
     assert [r.name for r in runs] == ["vit_tiny-f1"]  # ablations stay out of the main claims
-    ablations = F.load_ablations([{"name": "s", "path": out}], runs)
-    found = {f.claim: f for f in F.check_all(runs, ablations)}
+    ablations = L.load_ablations([{"name": "s", "path": out}], runs)
+    found = {f.claim: f for f in C.check_all(runs, ablations)}
     gap = next(f for c, f in found.items() if c.startswith("A GAP head"))
     local = next(f for c, f in found.items() if c.startswith("Local MSAs"))
     assert "vit_tiny folder 100%: GAP" in gap.evidence, gap
     assert "3x3" in local.evidence and "global" in local.evidence, local
-    assert gap.verdict in F.VERDICTS and local.verdict in F.VERDICTS
+    assert gap.verdict in C.VERDICTS and local.verdict in C.VERDICTS
 
 
 def test_ablation_and_buildup_config_errors():
     base = {"models": ["vit_tiny"], "analyses": {"hessian": {}}}
-    with pytest.raises(ConfigError, match="ablations.x needs model"):
-        from_dict(StudyConfig, {**base, "ablations": {"x": {"kwargs": {}}}}, "study")
+    with pytest.raises(ConfigError, match="ablations.x: needs model"):
+        from_dict(StudyConfig, {**base, "ablations": {"x": {"model": {"kwargs": {}}}}}, "study")
     with pytest.raises(ConfigError, match="not in study.analyses"):
         bad = {"x": {"model": {"name": "vit_tiny"}, "analyses": ["lesion"]}}
         from_dict(StudyConfig, {**base, "ablations": bad}, "study")
@@ -155,7 +156,7 @@ def test_ablation_and_buildup_config_errors():
 
 def test_a_study_may_grow_ablations_but_not_change_its_runs(folder_data, tmp_path):
     data = yaml.safe_load(open(load_study.__globals__["_study_dir"]() / "smoke.yaml"))
-    data["train"]["data"] = {"name": "folder", "root": str(folder_data)}
+    data["run"]["data"] = {"name": "folder", "root": str(folder_data)}
     data.update(models=["vit_tiny"], fractions=[1.0], analyses={})
     out = tmp_path / "s"
     reproduce(from_dict(StudyConfig, data, "study"), out, log=lambda s: None)
@@ -166,6 +167,34 @@ def test_a_study_may_grow_ablations_but_not_change_its_runs(folder_data, tmp_pat
     reproduce(from_dict(StudyConfig, grown, "study"), out, log=lambda s: None)
     assert (out / "ablations" / "gap-f1" / "checkpoints" / "last.pt").is_file()
     assert last.stat().st_mtime_ns == mtime  # the main run was not retrained
-    changed = {**grown, "train": {**grown["train"], "train": {"epochs": 2, "progress": False}}}
+    changed = {**grown, "run": {**grown["run"], "train": {"epochs": 2, "progress": False}}}
     with pytest.raises(VitscopeError, match="different study"):
         reproduce(from_dict(StudyConfig, changed, "study"), out, log=lambda s: None)
+
+
+def test_study_fields_are_typed_and_checked_up_front():
+    from vitscope.config import RunOverrides
+    from vitscope.study import Ablation, upgrade
+
+    base = {"models": ["vit_tiny"], "analyses": {"fourier": {}}}
+    study = from_dict(StudyConfig, {**base, "run": {"train": {"epochs": 2}}}, "study")
+    assert isinstance(study.run, RunOverrides) and study.run.train == {"epochs": 2}
+    gap = {"model": {"name": "vit_tiny", "kwargs": {"head": "gap"}}, "fractions": [1.0]}
+    study = from_dict(StudyConfig, {**base, "ablations": {"gap": gap}}, "study")
+    assert isinstance(study.ablations["gap"], Ablation)
+    assert study.ablations["gap"].fractions == (1.0,)
+    # typos and bad values fail before anything trains, naming the field
+    with pytest.raises(ConfigError, match=r"study.run: unknown config key train.epochz"):
+        from_dict(StudyConfig, {**base, "run": {"train": {"epochz": 2}}}, "study")
+    with pytest.raises(ConfigError, match=r"unknown config key study.fraction_overrides.0.5.trian"):
+        bad = {"fractions": [0.5], "fraction_overrides": {0.5: {"trian": {}}}}
+        from_dict(StudyConfig, {**base, **bad}, "study")
+    with pytest.raises(ConfigError, match=r"fourier.num_images"):
+        from_dict(StudyConfig, {**base, "analyses": {"fourier": {"num_images": 0}}}, "study")
+    with pytest.raises(ConfigError, match=r"unknown config key fourier.num_imgs"):
+        from_dict(StudyConfig, {**base, "analyses": {"fourier": {"num_imgs": 3}}}, "study")
+    # study files written before `run:` (the old `train:` key) still load, to the same config
+    old = upgrade({**base, "train": {"train": {"epochs": 2}}})
+    assert from_dict(StudyConfig, old, "study") == from_dict(
+        StudyConfig, {**base, "run": {"train": {"epochs": 2}}}, "study"
+    )

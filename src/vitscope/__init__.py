@@ -9,34 +9,49 @@ The public API, re-exported here::
     maps = vitscope.feature_maps(model, images)   # one (b, c, h, w) map per residual unit
     vitscope.analyze("runs/vit_tiny", only="fourier,variance")
 
-Note: ``vitscope.train`` is the function; import submodules with ``from vitscope.train import
-loop`` (``import vitscope.train.loop as loop`` resolves ``vitscope.train`` to the function).
+Names are loaded on first use (PEP 562), so ``import vitscope.report`` or
+``import vitscope.results`` loads no torch. ``vitscope.train`` is the function; import the
+package's modules with ``from vitscope.train import loop``.
 """
+
+from __future__ import annotations
+
+from typing import Any
+
+from . import train as _train_package  # torch-free itself: its names load lazily
+from ._lazy import exports
+from .errors import VitscopeError
 
 __version__ = "0.1.0"
 
-from .config import RunConfig, resolve  # noqa: E402
-from .errors import VitscopeError  # noqa: E402
-from .models import Block, blocks, create_model, feature_maps, list_models  # noqa: E402
-from .report import build_report  # noqa: E402
-from .study import analyze, analyze_model, reproduce  # noqa: E402
-from .train import evaluate_run, load_model, train  # noqa: E402
+_EXPORTS = {
+    "RunConfig": ".config",
+    "resolve": ".config",
+    "Block": ".models",
+    "blocks": ".models",
+    "create_model": ".models",
+    "feature_maps": ".models",
+    "list_models": ".models",
+    "build_report": ".report",
+    "analyze": ".run_analyses",
+    "analyze_model": ".run_analyses",
+    "reproduce": ".study",
+    "evaluate_run": ".train",
+    "load_model": ".train",
+    "Result": ".results",
+}
 
-__all__ = [
-    "Block",
-    "analyze",
-    "analyze_model",
-    "build_report",
-    "reproduce",
-    "RunConfig",
-    "VitscopeError",
-    "__version__",
-    "blocks",
-    "create_model",
-    "evaluate_run",
-    "feature_maps",
-    "list_models",
-    "load_model",
-    "resolve",
-    "train",
-]
+
+__getattr__ = exports(__name__, _EXPORTS)
+
+
+def train(cfg: Any, run_dir: Any, **kwargs: Any) -> Any:
+    """Train a model into ``run_dir``; see :func:`vitscope.train.trainer.train`."""
+    from .train.trainer import train as _train
+
+    return _train(cfg, run_dir, **kwargs)
+
+
+del _train_package  # the attribute ``train`` is the function above
+
+__all__ = ["VitscopeError", "__version__", "train", *sorted(_EXPORTS)]

@@ -1,4 +1,5 @@
-"""The AlterNet build-up search (Park & Kim 2022, §4.1; spec §7.2) as a resumable experiment.
+"""The AlterNet build-up search (Park & Kim 2022, §4.1; ``docs/methods/alternet.md``) as a
+resumable experiment.
 
 Start from a CNN and replace Conv blocks with MSA blocks from the end of the model:
 
@@ -31,10 +32,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from . import distributed
 from .config import RunConfig, dump_yaml, merge, resolve
 from .errors import ConfigError, VitscopeError
 from .io import atomic_write, atomic_write_json, atomic_write_text, provenance
-from .train import distributed
 
 #: base CNN -> (AlterNet builder, overrides): the base is that AlterNet with no MSA
 BASES: dict[str, tuple[str, dict]] = {
@@ -202,24 +203,59 @@ def buildup(
         log: where progress lines go.
         figure: also write ``buildup.png``.
     """
-    root = Path(out)
     if not distributed.is_main():  # under torchrun every rank runs the search; rank 0 talks
         log = lambda line: None  # noqa: E731
-    depths = stage_depths(cfg.base)
-    path = root / STATE
-    state = _read_state(path, cfg, depths)
-    done = {layout_key(c["msas"]): c for c in state.get("steps", [])}
-    candidate_config(cfg, [0] * len(depths))  # bad overrides fail before anything trains
+    search = _Search(cfg, Path(out), trainer, log)
+    best = search.evaluate([0] * len(search.depths), None)  # the best so far: the last kept
+    best["kept"] = True
+    search.save(best, "running")
+    stage = len(search.depths)
+    while True:
+        cand, stage = _proposals(cfg, search.depths, best["msas"], stage)
+        if cand is None:
+            break
+        step = search.evaluate(cand, best["msas"])
+        step["kept"] = step["acc"] > best["acc"] + cfg.min_gain
+        verdict = "kept" if step["kept"] else "rejected"
+        log(f"buildup: {step['label']} -> {100 * step['acc']:.2f}% ({verdict})")
+        if step["kept"]:
+            best = step
+        else:
+            stage -= 1  # rule 2: the next MSA goes to the end of an earlier stage
+        search.save(best, "running")
+    body = search.save(best, "done")
     if distributed.is_main():
-        root.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(search.root / BEST, dump_yaml(candidate_config(cfg, best["msas"])))
+        if figure:
+            _write_figure(search.root / FIGURE, search.steps)
+    log(
+        f"buildup: best {best['layout']} ({100 * best['acc']:.2f}%): "
+        f"create_model({base_model(cfg.base)[0]!r}, msas={tuple(best['msas'])})"
+    )
+    return body
 
-    steps: list[dict] = []  # every candidate, in search order
 
-    def save(status: str) -> dict:
+class _Search:
+    """The state of one search: the recorded candidates, the steps taken, ``buildup.json``."""
+
+    def __init__(self, cfg: BuildupConfig, root: Path, trainer: Trainer, log: Callable) -> None:
+        self.cfg, self.root, self.trainer, self.log = cfg, root, trainer, log
+        self.depths = stage_depths(cfg.base)
+        self.path = root / STATE
+        state = _read_state(self.path, cfg, self.depths)
+        self.done = {layout_key(c["msas"]): c for c in state.get("steps", [])}
+        self.steps: list[dict] = []  # every candidate, in search order
+        candidate_config(cfg, [0] * len(self.depths))  # bad overrides fail before training
+        if distributed.is_main():
+            root.mkdir(parents=True, exist_ok=True)
+
+    def save(self, best: dict, status: str) -> dict:
+        """Rewrite ``buildup.json`` (rank 0) and return its body."""
+        cfg = self.cfg
         body = {
             "base": cfg.base,
             "model": base_model(cfg.base)[0],
-            "depths": list(depths),
+            "depths": list(self.depths),
             "status": status,
             "rules": {
                 "max_msas": cfg.max_msas,
@@ -229,77 +265,45 @@ def buildup(
             },
             "overrides": cfg.overrides,
             "train_preset": cfg.train_preset,
-            "steps": steps,
+            "steps": self.steps,
             "best": {k: best[k] for k in ("label", "msas", "layout", "acc", "run")},
             "provenance": provenance(),
         }
         if distributed.is_main():
-            atomic_write_json(path, body)
+            atomic_write_json(self.path, body)
         return body
 
-    def evaluate(msas: list[int], parent: list[int] | None) -> dict:
+    def evaluate(self, msas: list[int], parent: list[int] | None) -> dict:
+        """The step of layout ``msas``: replayed if recorded, else trained."""
         key = layout_key(msas)
-        run_dir = root / "runs" / key
-        if key in done:
-            metrics = {k: done[key][k] for k in ("acc", "nll", "params")}
-            metrics.update({k: done[key].get(k) for k in ("epoch", "train_seconds")})
+        if key in self.done:
+            metrics = {k: self.done[key][k] for k in ("acc", "nll", "params")}
+            metrics.update({k: self.done[key].get(k) for k in ("epoch", "train_seconds")})
         else:
-            log(f"buildup: train {key} ({layout_text(msas, depths)})")
-            metrics = distributed.broadcast_object(trainer(candidate_config(cfg, msas), run_dir))
+            self.log(f"buildup: train {key} ({layout_text(msas, self.depths)})")
+            run_dir = self.root / "runs" / key
+            trained = self.trainer(candidate_config(self.cfg, msas), run_dir)
+            metrics = distributed.broadcast_object(trained)
         step = {
-            "step": len(steps),
+            "step": len(self.steps),
             "label": _label(msas, parent),
             "msas": list(msas),
             "num_msas": sum(msas),
-            "layout": layout_text(msas, depths),
+            "layout": layout_text(msas, self.depths),
             "run": str(Path("runs") / key),
             **metrics,
         }
-        steps.append(step)
+        self.steps.append(step)
         return step
-
-    best = evaluate([0] * len(depths), None)  # the best layout so far: the last kept step
-    best["kept"] = True
-    save("running")
-    stage = len(depths)
-    while True:
-        cand, stage = _proposals(cfg, depths, best["msas"], stage)
-        if cand is None:
-            break
-        step = evaluate(cand, best["msas"])
-        step["kept"] = step["acc"] > best["acc"] + cfg.min_gain
-        verdict = "kept" if step["kept"] else "rejected"
-        log(f"buildup: {step['label']} -> {100 * step['acc']:.2f}% ({verdict})")
-        if step["kept"]:
-            best = step
-        else:
-            stage -= 1  # rule 2: the next MSA goes to the end of an earlier stage
-        save("running")
-    body = save("done")
-    if distributed.is_main():
-        atomic_write_text(root / BEST, dump_yaml(candidate_config(cfg, best["msas"])))
-        if figure:
-            _write_figure(root / FIGURE, steps)
-    log(
-        f"buildup: best {best['layout']} ({100 * best['acc']:.2f}%): "
-        f"create_model({base_model(cfg.base)[0]!r}, msas={tuple(best['msas'])})"
-    )
-    return body
 
 
 def _write_figure(path: Path, steps: Sequence[dict]) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     from .report.study_figures import buildup_figure
 
     fig = buildup_figure(
         [{"label": s["label"], "num_msas": s["num_msas"], "acc": 100 * s["acc"]} for s in steps]
     )
     atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=150))
-    plt.close(fig)
 
 
 __all__ = [

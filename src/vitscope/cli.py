@@ -17,6 +17,30 @@ from pathlib import Path
 from .errors import VitscopeError
 
 
+def _plugins(handler: Callable[[argparse.Namespace], int]):
+    """Load the ``--plugin`` modules (third-party analyses) before the command runs."""
+
+    @functools.wraps(handler)
+    def run(args: argparse.Namespace) -> int:
+        from .analyses import load_plugins
+
+        load_plugins(getattr(args, "plugin", None) or [])
+        return handler(args)
+
+    return run
+
+
+def _plugin_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--plugin",
+        action="append",
+        default=[],
+        metavar="MODULE",
+        help="load a third-party analysis module first (repeatable; see docs/plugins.md)",
+    )
+
+
+@_plugins
 def _cmd_list(args: argparse.Namespace) -> int:
     if args.what == "models":
         from .models import list_models
@@ -31,9 +55,11 @@ def _cmd_list(args: argparse.Namespace) -> int:
 
         names = list_studies()
     elif args.what == "analyses":
-        from .analyses import list_analyses
+        from .analyses import analyses
 
-        names = list_analyses()
+        for name, spec in analyses().items():
+            print(f"{name:12s} {spec.description}")
+        return 0
     else:
         from .config import list_presets, preset_description
 
@@ -84,7 +110,7 @@ def _distributed(handler: Callable[[argparse.Namespace], int]):
 
     @functools.wraps(handler)
     def run(args: argparse.Namespace) -> int:
-        from .train import distributed
+        from . import distributed
 
         with distributed.session(getattr(args, "device", None) or "cpu"):
             return handler(args)
@@ -146,8 +172,9 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+@_plugins
 def _cmd_analyze(args: argparse.Namespace) -> int:
-    from .train import distributed as dist_utils
+    from . import distributed as dist_utils
 
     # under torchrun every rank runs its share of each analysis; rank 0 writes and prints
     with dist_utils.session(args.device) as device:
@@ -159,7 +186,7 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
 
 
 def _analyze(args: argparse.Namespace, device: str) -> tuple[str, dict]:
-    from . import study
+    from . import run_analyses as study
 
     if args.model_file:
         from .analyses import EvalData
@@ -206,6 +233,7 @@ def _analyze(args: argparse.Namespace, device: str) -> tuple[str, dict]:
     return out, done
 
 
+@_plugins
 def _cmd_compare(args: argparse.Namespace) -> int:
     from .report.compare import compare_runs
 
@@ -214,6 +242,7 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     return 0
 
 
+@_plugins
 @_distributed
 def _cmd_reproduce(args: argparse.Namespace) -> int:
     from .study import reproduce
@@ -255,6 +284,7 @@ def _cmd_buildup(args: argparse.Namespace) -> int:
     return 0
 
 
+@_plugins
 def _cmd_report(args: argparse.Namespace) -> int:
     from .report import build_report
 
@@ -263,20 +293,14 @@ def _cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="vitscope",
-        description="Why vision transformers behave as they do (Park & Kim, ICLR 2022).",
-    )
-    from . import __version__
-
-    parser.add_argument("--version", action="version", version=f"vitscope {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
+def _add_list(sub) -> None:
     p = sub.add_parser("list", help="list models, datasets, presets, studies or analyses")
     p.add_argument("what", choices=["models", "datasets", "presets", "studies", "analyses"])
+    _plugin_flag(p)
     p.set_defaults(func=_cmd_list)
 
+
+def _add_train(sub) -> None:
     p = sub.add_parser("train", help="train a model into a run directory (resumes a killed run)")
     p.add_argument(
         "--preset", default="cpu", help="training recipe (vitscope list presets); default: cpu"
@@ -310,6 +334,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", metavar="DIR", help="continue the run in DIR with its saved config")
     p.set_defaults(func=_cmd_train)
 
+
+def _add_fetch(sub) -> None:
     p = sub.add_parser(
         "fetch", help="make sure a dataset is present (download with checksum if not)"
     )
@@ -317,6 +343,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-root", help="folder holding (or to hold) the dataset files")
     p.set_defaults(func=_cmd_fetch)
 
+
+def _add_analyze(sub) -> None:
     p = sub.add_parser("analyze", help="run analyses on a run's checkpoint (or on any model)")
     p.add_argument("run_dir", nargs="?", help="run directory made by vitscope train")
     p.add_argument(
@@ -348,14 +376,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", help="dataset for --model-file")
     p.add_argument("--data-root", help="folder holding the dataset files")
     p.add_argument("--out", help="output directory for --model-file")
+    _plugin_flag(p)
     p.set_defaults(func=_cmd_analyze)
 
+
+def _add_compare(sub) -> None:
     p = sub.add_parser("compare", help="overlay one analysis of several runs in one figure")
-    p.add_argument("analysis", help="fourier, variance, noise, lesion, hessian or landscape")
+    p.add_argument("analysis", help="an analysis that declares an overlay (vitscope list analyses)")
     p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
     p.add_argument("--out", required=True, help="figure file (.png or .pdf)")
+    _plugin_flag(p)
     p.set_defaults(func=_cmd_compare)
 
+
+def _add_buildup(sub) -> None:
     p = sub.add_parser(
         "buildup",
         help="AlterNet build-up search: replace a CNN's stage-ending Convs with MSAs (resumes)",
@@ -379,6 +413,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="search directory (re-running resumes it)")
     p.set_defaults(func=_cmd_buildup)
 
+
+def _add_reproduce(sub) -> None:
     p = sub.add_parser(
         "reproduce", help="a whole study: train the grid, run every analysis, report"
     )
@@ -390,15 +426,21 @@ def build_parser() -> argparse.ArgumentParser:
         "--force", metavar="STEP[,STEP]", help="redo: train, analyze, report or an analysis name"
     )
     p.add_argument("--device", help="cpu (default) or cuda")
+    _plugin_flag(p)
     p.set_defaults(func=_cmd_reproduce)
 
+
+def _add_report(sub) -> None:
     p = sub.add_parser(
         "report", help="rebuild report.html from saved results of one or more studies"
     )
     p.add_argument("study_dirs", nargs="+", metavar="STUDY_DIR")
     p.add_argument("--out", help="folder for report.html (default: the first study)")
+    _plugin_flag(p)
     p.set_defaults(func=_cmd_report)
 
+
+def _add_evaluate(sub) -> None:
     p = sub.add_parser("evaluate", help="test metrics of a run's checkpoint")
     p.add_argument("run_dir")
     p.add_argument(
@@ -408,6 +450,27 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--device", default="cpu")
     p.set_defaults(func=_cmd_evaluate)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="vitscope",
+        description="Why vision transformers behave as they do (Park & Kim, ICLR 2022).",
+    )
+    from . import __version__
+
+    parser.add_argument("--version", action="version", version=f"vitscope {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    _add_list(sub)
+    _add_train(sub)
+    _add_fetch(sub)
+    _add_analyze(sub)
+    _add_compare(sub)
+    _add_buildup(sub)
+    _add_reproduce(sub)
+    _add_report(sub)
+    _add_evaluate(sub)
     return parser
 
 

@@ -50,7 +50,7 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class AugmentConfig:
-    """Batch augmentation of training images (kornia), spec §8."""
+    """Batch augmentation of training images (kornia), ``docs/methods/training.md``."""
 
     crop_padding: int = 4  # random crop with zero padding of this many pixels; 0 disables
     hflip: bool = True  # random horizontal flip with probability 0.5
@@ -98,7 +98,8 @@ AMP_MODES = ("none", "bf16")
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """Optimisation recipe (spec §8). Warm-up epochs are extra, before the main epochs.
+    """Optimisation recipe (``docs/methods/training.md``). Warm-up epochs are extra, before the
+    main epochs.
 
     Under ``torchrun --nproc-per-node W`` training is DistributedDataParallel and the recipe
     means the same as in one process: ``batch_size`` is the global batch (each rank takes a
@@ -194,6 +195,44 @@ class RunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
 
 
+@dataclass(frozen=True)
+class RunOverrides:
+    """A partial :class:`RunConfig`: the fields one layer of a study sets, by section.
+
+    Keys are checked against the sections' fields here (a typo raises with its path and the
+    valid keys); values are checked when a run's config is resolved.
+    """
+
+    data: dict = field(default_factory=dict)  # DataConfig fields
+    augment: dict = field(default_factory=dict)  # AugmentConfig fields
+    model: dict = field(default_factory=dict)  # ModelConfig fields
+    train: dict = field(default_factory=dict)  # TrainConfig fields
+
+    def __post_init__(self) -> None:
+        for section, cls in _SECTIONS.items():
+            given = getattr(self, section)
+            _check(isinstance(given, dict), f"{section} must be a mapping, got {given!r}")
+            valid = {f.name for f in fields(cls)}
+            unknown = sorted(set(given) - valid)
+            if unknown:
+                valid_keys = ", ".join(sorted(valid))
+                raise ConfigError(
+                    f"unknown config key {section}.{unknown[0]}; valid keys: {valid_keys}"
+                )
+
+    def as_dict(self) -> dict:
+        """The overrides as a nested mapping (empty sections left out), for :func:`merge`."""
+        return {k: dict(getattr(self, k)) for k in _SECTIONS if getattr(self, k)}
+
+
+_SECTIONS = {
+    "data": DataConfig,
+    "augment": AugmentConfig,
+    "model": ModelConfig,
+    "train": TrainConfig,
+}
+
+
 # ---------------------------------------------------------------------------------------------
 # dict <-> dataclass
 
@@ -211,6 +250,16 @@ def to_dict(cfg: Any) -> dict:
         return v
 
     return conv(cfg)
+
+
+def _entry(cls: type, value: Any, where: str) -> Any:
+    """One value of a ``dict[K, SomeConfig]`` field; its errors name the entry."""
+    if isinstance(value, cls):
+        return value
+    try:
+        return from_dict(cls, value, where)
+    except ConfigError as e:
+        raise ConfigError(str(e) if where in str(e) else f"{where}: {e}") from None
 
 
 def _coerce(value: Any, tp: Any, where: str) -> Any:
@@ -232,6 +281,11 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
         return tuple(_coerce(v, args[0], where) for v in value)
     if tp is dict or origin is dict:
         _check(isinstance(value, dict), f"{where} must be a mapping, got {value!r}")
+        if len(args) == 2 and is_dataclass(args[1]):  # dict[K, SomeConfig]
+            return {
+                _coerce(k, args[0], where): _entry(args[1], v, f"{where}.{k}")
+                for k, v in value.items()
+            }
         return dict(value)
     if tp is bool:
         _check(isinstance(value, bool), f"{where} must be true or false, got {value!r}")
@@ -278,7 +332,7 @@ def from_dict(cls: type, data: dict | None, where: str = "") -> Any:
         key = f"{where}.{f.name}" if where else f.name
         tp = hints[f.name]
         if is_dataclass(tp):
-            kwargs[f.name] = from_dict(tp, data[f.name], key)
+            kwargs[f.name] = _entry(tp, data[f.name], key)
         else:
             kwargs[f.name] = _coerce(data[f.name], tp, key)
     try:

@@ -6,12 +6,13 @@ renamed over the target, so a killed process never leaves a half-written result 
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
 import os
 import platform
+import secrets
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Iterable
 from contextlib import contextmanager
@@ -21,8 +22,21 @@ from typing import Any
 
 from .errors import VitscopeError
 
-_UMASK = os.umask(0)
-os.umask(_UMASK)
+
+def _temp_file(path: Path) -> Path:
+    """Create an empty, unique temp file beside ``path``.
+
+    Opened with mode 0o666 so the kernel applies the process umask, as for any ordinary
+    file (``tempfile.mkstemp`` would make it 0600, and reading the umask means setting it).
+    """
+    for _ in range(100):
+        tmp = path.parent / f".{path.name}.{secrets.token_hex(4)}.tmp"
+        try:
+            os.close(os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))
+            return tmp
+        except FileExistsError:
+            continue
+    raise VitscopeError(f"cannot create a temporary file beside {path}")
 
 
 @contextmanager
@@ -30,9 +44,7 @@ def _atomic_path(path: str | Path):
     """Yield a temp path next to ``path``; rename it over ``path`` only on success."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; results are ordinary files
+    tmp = _temp_file(path)
     try:
         yield Path(tmp)
         os.replace(tmp, path)
@@ -101,7 +113,7 @@ def append_jsonl(path: str | Path, row: dict) -> None:
 
 @dataclass(frozen=True)
 class RunDir:
-    """The layout of one run directory (DESIGN.md)."""
+    """The layout of one run directory (docs/architecture.md)."""
 
     root: Path
 
@@ -168,16 +180,25 @@ def git_hash() -> str | None:
     return out.stdout.strip() or None if out.returncode == 0 else None
 
 
+def _torch_version() -> str | None:
+    """torch's version without importing it (the results layer stays torch-free)."""
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        return str(torch.__version__)
+    try:
+        return importlib.metadata.version("torch")
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
 def provenance(**extra: Any) -> dict:
     """Who made a result: package and torch versions, git hash, command line, time."""
-    import torch
-
     from . import __version__
 
     return {
         "vitscope_version": __version__,
         "git_hash": git_hash(),
-        "torch_version": torch.__version__,
+        "torch_version": _torch_version(),
         "python": platform.python_version(),
         "platform": platform.platform(),
         "command": " ".join(sys.argv),

@@ -8,7 +8,8 @@ that all ranks agree) and appends each landscape point / Hessian batch it comput
 ``OUT/items.rank<r>.txt``. With ``--die-rank R --die-after K``, rank R exits hard
 (``os._exit``, no cleanup) as it starts its (K+1)-th item, as a killed process would, leaving
 ``OUT/died.rank<R>``. With ``--study DIR`` the analyses also run through
-:func:`vitscope.study.analyze_model` into DIR; its progress lines go to ``OUT/log.rank<r>.txt``.
+:func:`vitscope.run_analyses.analyze_model` into DIR; its progress lines go to
+``OUT/log.rank<r>.txt``.
 
 The tests import this file for the same model, data and configs in their own process.
 """
@@ -24,11 +25,12 @@ from pathlib import Path
 import torch
 
 from vitscope import create_model
+from vitscope import distributed as dist_utils
 from vitscope.analyses import (
-    ANALYSES,
     EvalData,
     TrainData,
     fourier,
+    get_analysis,
     hessian,
     landscape,
     lesion,
@@ -37,7 +39,6 @@ from vitscope.analyses import (
     variance,
 )
 from vitscope.data import BatchAugment
-from vitscope.train import distributed as dist_utils
 
 SIZE = 16
 CONFIGS = {
@@ -92,12 +93,10 @@ def train_data() -> TrainData:
 
 
 def run(name: str, model: torch.nn.Module, workdir: Path | None = None):
-    """``ANALYSES[name].run`` on the shared model and data."""
-    module = ANALYSES[name]
-    split = getattr(module, "SPLIT", "test")
-    inputs = train_data() if split == "train" else eval_data()
-    kwargs = {"workdir": workdir} if getattr(module, "RESUMABLE", False) else {}
-    return module.run(model, inputs, CONFIGS[name], **kwargs)
+    """Analysis ``name`` on the shared model and data (resumable ones keep files in workdir)."""
+    spec = get_analysis(name)
+    inputs = train_data() if spec.split == "train" else eval_data()
+    return spec.execute(model, inputs, CONFIGS[name], workdir=workdir)
 
 
 def instrument(out: Path, die_rank: int | None, die_after: int) -> None:
@@ -147,7 +146,7 @@ def main() -> int:
     for name in names:
         run(name, model, args.workdir).save(args.out / f"rank{rank}")
     if args.study:
-        from vitscope import study
+        from vitscope import run_analyses as study
 
         with open(args.out / f"log.rank{rank}.txt", "w") as f:
             study.analyze_model(

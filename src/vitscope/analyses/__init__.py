@@ -1,32 +1,34 @@
-"""Analyses: one module per analysis, each with ``Config`` and ``run(model, data, cfg)``.
+"""Analyses: one module per analysis, each declaring ``ANALYSIS = Analysis(...)``.
 
-The module path is the registry: ``ANALYSES[name]`` is the module ``vitscope.analyses.<name>``.
+The registry is derived (:mod:`.registry`): the modules of this package that declare an
+``ANALYSIS``, then plug-ins from the ``vitscope.analyses`` entry-point group,
+``VITSCOPE_PLUGINS`` and :func:`load_plugin`. See ``docs/plugins.md``.
+
+Names load on first use (PEP 562), so the torch-free :mod:`.spec` can be imported alone.
 """
 
 from __future__ import annotations
 
-from types import ModuleType
+from .._lazy import exports
 
-from ..errors import VitscopeError
-from . import fourier, hessian, landscape, lesion, noise, overfitting, variance
-from .base import EvalData, Result, TrainData
-
-_MODULES = (fourier, variance, noise, lesion, overfitting, landscape, hessian)
-ANALYSES: dict[str, ModuleType] = {m.__name__.rsplit(".", 1)[1]: m for m in _MODULES}
-
-
-def get_analysis(name: str) -> ModuleType:
-    """The analysis module called ``name``; unknown names list the valid ones."""
-    try:
-        return ANALYSES[name]
-    except KeyError:
-        raise VitscopeError(
-            f"unknown analysis {name!r}; valid analyses: {', '.join(ANALYSES)}"
-        ) from None
-
-
-def list_analyses() -> list[str]:
-    return list(ANALYSES)
+_EXPORTS = {
+    "Analysis": ".spec",
+    "Context": ".spec",
+    "FigureSpec": ".spec",
+    "EvalData": ".base",
+    "TrainData": ".base",
+    "eval_mode": ".base",
+    "feature_units": ".base",
+    "analyses": ".registry",
+    "get_analysis": ".registry",
+    "list_analyses": ".registry",
+    "load_plugin": ".registry",
+    "load_plugins": ".registry",
+    "Result": "..results",
+}
 
 
-__all__ = ["ANALYSES", "EvalData", "Result", "TrainData", "get_analysis", "list_analyses"]
+__getattr__ = exports(__name__, _EXPORTS)
+
+
+__all__ = sorted(_EXPORTS)

@@ -1,106 +1,44 @@
-"""The analysis contract: ``run(model, data, cfg) -> Result``; a Result saves and loads itself.
+"""What the analyses share: their inputs (test images, augmented training batches), the
+eval-mode context, the feature units of a model, accuracy and the unit table of a result.
 
-A :class:`Result` is plain data: small values (``values``, JSON) and arrays (``arrays``,
-``.npz``), with the analysis config and provenance. ``save`` writes the ``.npz`` first and
-the ``.json`` last, each atomically, so the JSON's presence marks a finished result.
+The contract itself (``ANALYSIS = Analysis(...)``, ``run(model, data, cfg, ctx)``) is in
+:mod:`.spec`; results are :class:`vitscope.results.Result`.
 """
 
 from __future__ import annotations
 
-import json
-from collections.abc import Iterator, Sequence
-from dataclasses import asdict, dataclass, field, is_dataclass
-from pathlib import Path
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
 import torch
 
+from .. import distributed as dist_utils
 from ..data.augment import normalize
 from ..errors import VitscopeError
-from ..io import atomic_write, atomic_write_json, provenance
-from ..train import distributed as dist_utils
-
-
-@dataclass
-class Result:
-    """What an analysis produced.
-
-    Attributes:
-        name: the analysis (``fourier``, ``variance``, ...), also the file stem.
-        values: JSON-able values: the unit list, per-unit numbers, summaries.
-        arrays: named numpy arrays (saved in ``<name>.npz``).
-        config: the analysis config as a dict.
-        meta: provenance and context (model, checkpoint, dataset, ...).
-    """
-
-    name: str
-    values: dict[str, Any]
-    arrays: dict[str, np.ndarray] = field(default_factory=dict)
-    config: dict[str, Any] = field(default_factory=dict)
-    meta: dict[str, Any] = field(default_factory=dict)
-
-    def save(self, results_dir: str | Path) -> Path:
-        """Write ``<name>.npz`` then ``<name>.json`` atomically; returns the JSON path."""
-        d = Path(results_dir)
-        d.mkdir(parents=True, exist_ok=True)
-        if self.arrays:
-            atomic_write(d / f"{self.name}.npz", lambda p: _save_npz(p, self.arrays))
-        body = {
-            "name": self.name,
-            "values": self.values,
-            "config": self.config,
-            "meta": {"provenance": provenance(), **self.meta},
-            "arrays": sorted(self.arrays),
-        }
-        return atomic_write_json(d / f"{self.name}.json", body)
-
-    @classmethod
-    def load(cls, results_dir: str | Path, name: str) -> Result:
-        """Read a saved result back; one-line errors for missing or corrupt files."""
-        d = Path(results_dir)
-        path = d / f"{name}.json"
-        if not path.is_file():
-            raise VitscopeError(
-                f"no {name} result in {d} (missing {path.name}); run `vitscope analyze`"
-            )
-        try:
-            body = json.loads(path.read_text())
-        except json.JSONDecodeError:
-            raise VitscopeError(f"{path} is corrupt; delete it and re-run the analysis") from None
-        arrays: dict[str, np.ndarray] = {}
-        if body.get("arrays"):
-            try:
-                with np.load(d / f"{name}.npz") as npz:
-                    arrays = {k: npz[k] for k in npz.files}
-            except (OSError, ValueError) as e:
-                raise VitscopeError(
-                    f"{d / (name + '.npz')} is unreadable ({e}); re-run the analysis"
-                ) from None
-        return cls(
-            body["name"], body["values"], arrays, body.get("config", {}), body.get("meta", {})
-        )
-
-    def label(self, default: str = "") -> str:
-        """How figures name this result: ``meta.label``, else ``meta.model``, else ``default``."""
-        return str(self.meta.get("label") or self.meta.get("model") or default)
-
-    @staticmethod
-    def exists(results_dir: str | Path, name: str) -> bool:
-        return (Path(results_dir) / f"{name}.json").is_file()
-
-
-def _save_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
-    with open(path, "wb") as f:  # a file object keeps numpy from appending ".npz"
-        np.savez(f, **arrays)
-
-
-def config_dict(cfg: Any) -> dict:
-    return asdict(cfg) if is_dataclass(cfg) else dict(cfg)
-
+from ..models import Block, blocks
+from ..results import Result, config_dict
 
 # ---------------------------------------------------------------------------------------------
 # helpers shared by the analyses
+
+
+@contextmanager
+def eval_mode(model: torch.nn.Module) -> Iterator[torch.nn.Module]:
+    """``model`` in eval mode inside; every submodule's train/eval flag restored afterwards."""
+    modes = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        yield model
+    finally:
+        for m, training in modes:
+            m.training = training
+
+
+def feature_units(model: torch.nn.Module, spec: Mapping | None = None) -> list[Block]:
+    """The residual units whose outputs are feature maps: every block but the head."""
+    return [b for b in blocks(model, spec) if b.kind != "head"]
 
 
 @dataclass
@@ -153,7 +91,7 @@ def unit_table(units: Sequence[Any]) -> list[dict]:
     """JSON rows for a list of Blocks: name, kind, stage, downsample and normalised depth.
 
     Depth is ``i / (N - 1)`` over the units that have feature maps (the head excluded), as in
-    the paper's Fig 8/9 (spec §1, §3).
+    the paper's Fig 8/9 (``docs/methods/fourier.md``, ``docs/methods/variance.md``).
     """
     n = len(units)
     return [
@@ -224,3 +162,15 @@ class TrainData:
             torch.manual_seed(key)
             x, t = self.augment(self.images[idx], self.labels[idx])
         return x.to(device), t.to(device)
+
+
+__all__ = [
+    "EvalData",
+    "Result",
+    "TrainData",
+    "accuracy",
+    "config_dict",
+    "eval_mode",
+    "feature_units",
+    "unit_table",
+]

@@ -1,4 +1,4 @@
-"""Fourier analysis of feature maps (Park & Kim 2022, Fig 2a, Fig 8; spec §1).
+"""Fourier analysis of feature maps (Park & Kim 2022, Fig 2a, Fig 8; ``docs/methods/fourier.md``).
 
 For a feature map ``x`` of shape ``(b, c, h, w)``::
 
@@ -19,9 +19,12 @@ import numpy as np
 import torch
 
 from ..errors import ConfigError
-from ..models import blocks, feature_maps
-from .base import EvalData, Result, config_dict, unit_table
+from ..models import feature_maps
+from ..results import Result, config_dict
+from .base import EvalData, eval_mode, feature_units, unit_table
+from .keys import FourierKeys as Keys
 from .sharding import sum_over_ranks
+from .spec import Analysis, Context, FigureSpec
 
 EPS = 1e-6
 
@@ -64,7 +67,7 @@ def delta_log_amplitude(x: torch.Tensor) -> torch.Tensor:
     """ΔLog amplitude of a ``(b, c, h, w)`` feature map: 1-D, ``delta[0] = 0`` (DC).
 
     Element ``k`` is the mean log amplitude at frequency ``(k, k)`` minus that at DC, with
-    frequencies on the normalised axis ``linspace(0, π, len)`` (spec §1).
+    frequencies on the normalised axis ``linspace(0, π, len)`` (``docs/methods/fourier.md``).
     """
     a = log_amplitude(x) / (x.shape[0] * x.shape[1])
     d = half_diagonal(a)
@@ -77,14 +80,17 @@ def frequency_axis(n: int) -> np.ndarray:
 
 
 @torch.no_grad()
-def run(model: torch.nn.Module, data: EvalData, cfg: Config = Config(), *, spec=None) -> Result:
+def run(
+    model: torch.nn.Module, data: EvalData, cfg: Config = Config(), ctx: Context = Context()
+) -> Result:
     """ΔLog-amplitude curves and 2-D log-amplitude maps of every unit of ``model``.
 
     Args:
-        model: a vitscope model or any ``nn.Module`` (with ``spec``, see :func:`vitscope.blocks`).
+        model: a vitscope model or any ``nn.Module`` (with ``ctx.spec``, see
+            :func:`vitscope.blocks`).
         data: test images (``EvalData``).
         cfg: settings.
-        spec: block patterns for models that do not list their blocks.
+        ctx: ``ctx.spec``: block patterns for models that do not list their blocks.
 
     Under torchrun the batches are sharded over the ranks and the per-unit sums added up, so
     every rank returns the single-process result (up to summation order).
@@ -94,14 +100,12 @@ def run(model: torch.nn.Module, data: EvalData, cfg: Config = Config(), *, spec=
         (Δ at 1.0π per unit), ``values.curves``; arrays ``map_<i>`` (mean log amplitude,
         centred) and ``curve_<i>``.
     """
-    units = [b for b in blocks(model, spec) if b.kind != "head"]
+    units = feature_units(model, ctx.spec)
     sums: list[torch.Tensor] = []
     means: list[int] = []  # samples x channels behind each sum
-    was_training = model.training
-    model.eval()
-    try:
+    with eval_mode(model):
         for x, _ in data.batches(cfg.batch_size, cfg.device, limit=cfg.num_images, sharded=True):
-            for i, m in enumerate(feature_maps(model, x, spec)):
+            for i, m in enumerate(feature_maps(model, x, ctx.spec)):
                 s = log_amplitude(m).cpu()
                 if i == len(sums):
                     sums.append(s)
@@ -109,26 +113,53 @@ def run(model: torch.nn.Module, data: EvalData, cfg: Config = Config(), *, spec=
                 else:
                     sums[i] += s
                     means[i] += m.shape[0] * m.shape[1]
-    finally:
-        model.train(was_training)
     sums, means = sum_over_ranks(sums), sum_over_ranks(means)
     arrays, curves, high = {}, [], []
     for i, (s, n) in enumerate(zip(sums, means)):
         a = s / n
         d = half_diagonal(a)
         curve = (d - d[0]).float().numpy()
-        arrays[f"map_{i}"] = a.float().numpy()
-        arrays[f"curve_{i}"] = curve
+        arrays[Keys.MAP.format(i)] = a.float().numpy()
+        arrays[Keys.CURVE.format(i)] = curve
         curves.append(curve.tolist())
         high.append(float(curve[-1]))
     return Result(
         "fourier",
         values={
-            "units": unit_table(units),
-            "high_freq": high,
-            "curves": curves,
-            "num_images": min(cfg.num_images, len(data)),
+            Keys.UNITS: unit_table(units),
+            Keys.HIGH_FREQ: high,
+            Keys.CURVES: curves,
+            Keys.NUM_IMAGES: min(cfg.num_images, len(data)),
         },
         arrays=arrays,
         config=config_dict(cfg),
     )
+
+
+def summary(result: Result) -> dict[str, float | None]:
+    """Mean ΔLog amplitude at 1.0π over the MSA units and over the other units."""
+    units, high = result.values[Keys.UNITS], result.values[Keys.HIGH_FREQ]
+    msa = [h for u, h in zip(units, high) if u["kind"] == "msa"]
+    other = [h for u, h in zip(units, high) if u["kind"] != "msa" and u["index"] > 0]
+    return {
+        "ΔLog amp. 1.0π, MSA units (mean)": float(np.mean(msa)) if msa else None,
+        "ΔLog amp. 1.0π, other units (mean)": float(np.mean(other)) if other else None,
+    }
+
+
+ANALYSIS = Analysis(
+    name="fourier",
+    config=Config,
+    run=run,
+    split="test",
+    figures=(
+        FigureSpec("fourier_curves", "vitscope.report.figures:fourier_curves", (3.6, 4)),
+        FigureSpec("fourier_high_freq", "vitscope.report.figures:high_freq"),
+        FigureSpec("fourier_maps", "vitscope.report.figures:fourier_maps", (9, 3.5)),
+    ),
+    summary=summary,
+    compare="vitscope.report.compare:fourier",
+    keys=Keys,
+    description="Fourier analysis of feature maps: ΔLog amplitude per unit (Fig 2a, 8)",
+    order=10,
+)

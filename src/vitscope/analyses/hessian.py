@@ -1,4 +1,5 @@
-"""Hessian max-eigenvalue spectra (Park & Kim 2022, Fig 1c, Fig 4, C.5-C.7; spec §5, §14).
+"""Hessian max-eigenvalue spectra (Park & Kim 2022, Fig 1c, Fig 4, C.5-C.7;
+``docs/methods/hessian.md``, ``docs/methods/decisions.md``).
 
 Per augmented training mini-batch ``i`` (the run's training transform, Mixup/CutMix soft
 targets included, its randomness frozen by :meth:`TrainData.batch`), the Hessian of::
@@ -6,7 +7,7 @@ targets included, its randomness frozen by :meth:`TrainData.batch`), the Hessian
     L_i(θ) = NLL_i(θ) + L2(θ),    NLL_i = soft_cross_entropy(model(x_i), t_i)
 
 with respect to the selected parameters θ, in eval mode (BatchNorm running statistics
-frozen) unless ``bn_mode="train"``. L2 (spec §14) is
+frozen) unless ``bn_mode="train"``. L2 (``docs/methods/decisions.md#decisions``) is
 
 * ``squared``: ``0.5·wd·Σθ²``, whose Hessian is ``wd·I``: added analytically as the
   operator's ``l2_shift`` (every eigenvalue moves by exactly ``wd``);
@@ -18,29 +19,27 @@ The paper (issue #12) takes PyHessian's top-5 eigenvalues by magnitude per mini-
 (power iteration with deflation) and draws the density of all of them. Here each batch gets
 one Lanczos run (:func:`vitscope.curvature.lanczos`, ``which="LM"``): the same top-k by
 magnitude, plus the largest and most negative Ritz values of the same Krylov space, with
-about 4x fewer Hessian-vector products (spec §14). The first ``density_batches`` batches
+about 4x fewer Hessian-vector products (``docs/methods/decisions.md``). The first
+``density_batches`` batches
 also get an SLQ spectral density (Ghorbani et al. 2019) and the first ``trace_batches`` a
 Hutchinson trace.
 
 Every batch is independent of the others (:func:`analyze_batch`), so under torchrun the
 batches are sharded over the ranks (:mod:`.sharding`) and every rank returns the whole result.
-With a ``workdir`` each finished batch is saved at once, rank 0's in ``hessian.partial.json``
-and rank r's in ``hessian.partial.rank<r>.jsonl``, and a rerun with the same config, data and
-model state, at any world size, skips them.
+With a store (``ctx.store``, :mod:`.store`) each finished batch is saved at once, rank
+0's in ``hessian.partial.json`` and rank r's in ``hessian.partial.rank<r>.jsonl``, and a
+rerun with the same config, data and model state, at any world size, skips them.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 import math
 import time
-import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -50,20 +49,16 @@ from torch import nn
 from ..curvature import HessianOperator, hutchinson_trace, lanczos, slq_density
 from ..data.augment import soft_cross_entropy
 from ..errors import ConfigError, VitscopeError
-from ..io import atomic_write_json
 from ..models.layers import use_fused_attention
-from ..train import distributed as dist_utils
-from .base import Result, TrainData, config_dict
-from .sharding import RankLog, key_digest, map_items
+from ..results import Result, config_dict
+from .base import TrainData, eval_mode
+from .keys import HessianKeys as Keys
+from .objective import L2_MODES, l2_penalty
+from .sharding import map_items
+from .spec import Analysis, Context, FigureSpec
+from .store import state_digest
 
-SPLIT = "train"  # augmented training batches, as in the paper
-DEFAULT_CHECKPOINT = "warmup"  # the paper's plots are labelled "warmup^th" (spec §5)
-RESUMABLE = True  # run() resumes from hessian.partial.json in its workdir
-
-L2_MODES = ("squared", "official", "none")
 BN_MODES = ("eval", "train")
-PARTIAL = "hessian.partial.json"
-_PARTIAL_VERSION = 1
 
 
 @dataclass(frozen=True)
@@ -183,22 +178,6 @@ def weight_decay(cfg: Config, data: TrainData) -> float:
     return float(wd or 0.0)
 
 
-def l2_penalty(params: Sequence[torch.Tensor], mode: str, wd: float) -> torch.Tensor:
-    """``0.5·wd·Σθ²`` (squared), ``wd·Σ_p ‖θ_p‖₂`` (official) or 0, differentiable.
-
-    For ``official`` a tensor with ``‖θ_p‖ = 0`` is left out: the norm has no Hessian there
-    (it diverges as ``1/‖θ_p‖``) and its zero subgradient is taken.
-    """
-    zero = params[0].new_zeros(())
-    if mode == "none" or wd == 0.0:
-        return zero
-    if mode == "squared":
-        return 0.5 * wd * sum((p.pow(2).sum() for p in params), zero)
-    if mode == "official":
-        return wd * sum((p.norm() for p in params if bool(p.detach().any())), zero)
-    raise ConfigError(f"hessian.l2 must be one of {', '.join(L2_MODES)}, got {mode!r}")
-
-
 @contextmanager
 def analysis_state(
     model: nn.Module, bn_mode: str, params: Sequence[torch.Tensor]
@@ -213,12 +192,16 @@ def analysis_state(
     ``requires_grad`` flag, every ``.grad`` and every buffer (the running statistics a
     train-mode forward updates) are as before, bit for bit.
     """
-    modes = [(m, m.training) for m in model.modules()]
     flags = [(p, p.requires_grad, p.grad) for p in model.parameters()]
     buffers = [(b, b.detach().clone()) for b in model.buffers()]
     chosen = {id(p) for p in params}
+    with eval_mode(model):
+        yield from _inside(model, bn_mode, flags, buffers, chosen)
+
+
+def _inside(model, bn_mode, flags, buffers, chosen) -> Iterator[None]:
+    """The body of :func:`analysis_state` inside eval mode: BN mode, grad flags, restore."""
     try:
-        model.eval()
         if bn_mode == "train":
             for m in model.modules():
                 if isinstance(m, nn.modules.batchnorm._NormBase):
@@ -235,8 +218,6 @@ def analysis_state(
         for p, requires_grad, grad in flags:
             p.requires_grad_(requires_grad)
             p.grad = grad
-        for m, training in modes:
-            m.training = training
 
 
 def _seeds(cfg: Config, index: int) -> dict[str, int]:
@@ -329,15 +310,6 @@ def analyze_batch(model: nn.Module, data: TrainData, cfg: Config, index: int) ->
 # resume files
 
 
-def _state_sha256(model: nn.Module) -> str:
-    """Hash of every parameter and buffer (names, shapes, dtypes, bytes)."""
-    h = hashlib.sha256()
-    for name, t in model.state_dict().items():
-        h.update(f"{name}{tuple(t.shape)}{t.dtype}".encode())
-        h.update(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()
-
-
 def partial_key(model: nn.Module, data: TrainData, cfg: Config) -> dict:
     """What a finished batch depends on: config, data and model state.
 
@@ -345,8 +317,7 @@ def partial_key(model: nn.Module, data: TrainData, cfg: Config) -> dict:
     alone, so a rerun with more batches keeps the finished ones.
     """
     labels = data.labels.detach().cpu().contiguous().numpy().tobytes()
-    key = {
-        "version": _PARTIAL_VERSION,
+    return {
         "config": {k: v for k, v in config_dict(cfg).items() if k not in ("device", "batches")},
         "data": {
             "images": len(data),
@@ -355,52 +326,8 @@ def partial_key(model: nn.Module, data: TrainData, cfg: Config) -> dict:
             "weight_decay": data.weight_decay,
             "transform": data.transform,
         },
-        "model_sha256": _state_sha256(model),
+        "model_sha256": state_digest(model),
     }
-    return json.loads(json.dumps(key, default=str))
-
-
-def load_partial(path: Path, key: dict) -> dict[int, dict]:
-    """Finished batch records from ``path`` if it was written with the same ``key``."""
-    if not path.is_file():
-        return {}
-    try:
-        body = json.loads(path.read_text())
-        if body.get("key") != key:
-            warnings.warn(f"{path} is from another config or model; starting over", stacklevel=4)
-            return {}
-        return {int(i): rec for i, rec in body["batches"].items()}
-    except (OSError, ValueError, KeyError, AttributeError, TypeError) as e:
-        warnings.warn(f"unreadable {path} ({e}); starting over", stacklevel=4)
-        return {}
-
-
-def save_partial(path: Path, key: dict, records: dict[int, dict]) -> None:
-    body = {"key": key, "batches": {str(i): records[i] for i in sorted(records)}}
-    atomic_write_json(path, body)
-
-
-def rank_log(path: Path, key: dict) -> RankLog:
-    """The logs ranks r > 0 keep beside ``path``: ``hessian.partial.rank<r>.jsonl``."""
-    return RankLog(path.parent, path.name.removesuffix(".json"), key_digest(key))
-
-
-def resume(path: Path, key: dict) -> dict[int, dict]:
-    """Rank 0: finished batches of rank 0's file and of every rank's log, each batch once.
-
-    Logged batches are merged into ``path`` before the logs are deleted, so a kill at any
-    moment loses nothing.
-    """
-    records = load_partial(path, key)
-    log = rank_log(path, key)
-    if not log.paths():
-        return records
-    for index, record in log.read():
-        if isinstance(index, int) and isinstance(record, dict):
-            records.setdefault(index, record)
-    save_partial(path, key, records)
-    log.clear()
-    return records
 
 
 # ---------------------------------------------------------------------------------------------
@@ -507,12 +434,7 @@ def operator_info(model: nn.Module, data: TrainData, cfg: Config) -> dict:
 
 
 def run(
-    model: nn.Module,
-    data: TrainData,
-    cfg: Config = Config(),
-    *,
-    spec=None,
-    workdir: Path | None = None,
+    model: nn.Module, data: TrainData, cfg: Config = Config(), ctx: Context = Context()
 ) -> Result:
     """Top-k Hessian eigenvalues of ``cfg.batches`` augmented training mini-batches.
 
@@ -521,9 +443,8 @@ def run(
             gradients and train/eval modes are the same afterwards.
         data: augmented training batches (the run's transform and weight decay).
         cfg: settings.
-        spec: unused (the Hessian needs no block decomposition).
-        workdir: where ``hessian.partial.json`` (and, under torchrun, each rank's log) is
-            written after each batch and read on a rerun; None: no resume files.
+        ctx: ``ctx.store`` keeps every finished batch; a rerun with the same config, data and
+            model state, at any world size, skips them. None: nothing is kept.
 
     Returns:
         Result ``hessian``: ``values.eigenvalues`` (per batch, top-k by magnitude),
@@ -538,25 +459,42 @@ def run(
     if len(data) == 0:
         raise VitscopeError("hessian needs training images, the training data is empty")
     operator = operator_info(model, data, cfg)  # also checks the params patterns
-    path = Path(workdir) / PARTIAL if workdir is not None else None
-    key = partial_key(model, data, cfg) if path is not None else {}
+    store = ctx.store
     records: dict[int, dict] = {}
-    if path is not None:  # rank 0 merges the saved batches; every rank skips the same ones
-        records = dist_utils.broadcast_object(resume(path, key) if dist_utils.is_main() else None)
-    records = {i: r for i, r in records.items() if i < cfg.batches}
+    if store is not None:  # rank 0 merges the saved batches; every rank skips the same ones
+        records, _ = store.resume(partial_key(model, data, cfg))
+    records = {i: r for i, r in records.items() if isinstance(i, int) and i < cfg.batches}
     resumed = len(records)
-    log = rank_log(path, key) if path is not None else None
-
-    def save(index: int, record: dict) -> None:
-        if dist_utils.is_main():
-            records[index] = record
-            save_partial(path, key, records)
-        else:
-            log.append(index, record)
-
     todo = [i for i in range(cfg.batches) if i not in records]
-    finished = map_items(
-        todo, lambda i: analyze_batch(model, data, cfg, i), save if path is not None else None
-    )
-    records.update(finished)
+    save = store.add if store is not None else None
+    records.update(map_items(todo, lambda i: analyze_batch(model, data, cfg, i), save))
     return build_result([records[i] for i in range(cfg.batches)], cfg, operator, resumed)
+
+
+def summary(result: Result) -> dict[str, float | None]:
+    """Share of negative top-k eigenvalues, and the extremes."""
+    s = result.values[Keys.SUMMARY]
+    return {
+        "negative share": s["negative_fraction"],
+        "top-1 eigenvalue (mean)": s["top1_mean"],
+        "λmin": s["smallest_min"],
+    }
+
+
+ANALYSIS = Analysis(
+    name="hessian",
+    config=Config,
+    run=run,
+    split="train",  # augmented training batches, as in the paper
+    resumable=True,
+    default_checkpoint="warmup",  # the paper's plots are labelled "warmup^th"
+    figures=(
+        FigureSpec("hessian_spectrum", "vitscope.report.hessian_figures:draw_spectrum", (5.5, 3)),
+        FigureSpec("hessian_density", "vitscope.report.hessian_figures:draw_density", (4, 3.2)),
+    ),
+    summary=summary,
+    compare="vitscope.report.compare:hessian",
+    keys=Keys,
+    description="Hessian max-eigenvalue spectra by Lanczos, SLQ density, trace (Fig 1c, 4)",
+    order=70,
+)

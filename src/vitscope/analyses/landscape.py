@@ -1,4 +1,5 @@
-"""Loss landscapes along random normalised directions (Park & Kim 2022, Fig 1a, C.4a; spec §4).
+"""Loss landscapes along random normalised directions (Park & Kim 2022, Fig 1a, C.4a;
+``docs/methods/landscape.md``).
 
 For parameters θ0 and random directions d1, d2 (Li et al. 2018, "Visualizing the Loss
 Landscape of Neural Nets")::
@@ -8,10 +9,11 @@ Landscape of Neural Nets")::
 
 * NLL is the mean soft-target cross-entropy on the SAME ``batches`` augmented training
   batches at every point (the run's training transform, Mixup/CutMix included, as in the
-  paper), in eval mode: no dropout, and BatchNorm keeps its running statistics (spec §13.2).
+  paper), in eval mode: no dropout, and BatchNorm keeps its running statistics
+  (``docs/methods/decisions.md``).
 * L2 is ``0.5·wd·Σθ²`` (``l2="squared"``, the regulariser whose Hessian is ``wd·I``) or the
   released code's ``wd·Σ_p ‖θ_p‖₂`` (``l2="official"``, a sum of unsquared per-tensor norms),
-  over all parameters (spec §14).
+  over all parameters (``docs/methods/decisions.md#decisions``).
 * Directions are Gaussian over the parameters (never the buffers). ``norm="filter"`` rescales
   each output filter ``d[i]`` to ``‖w[i]‖`` (Li et al.); ``norm="official"`` replicates the
   released code, norms along dim 0; ``norm="layer"`` rescales whole tensors. Tensors with
@@ -19,23 +21,18 @@ Landscape of Neural Nets")::
   zero direction.
 
 The grid runs y outer, x inner; under torchrun the points are sharded over the ranks
-(:mod:`.sharding`) and every rank returns the whole grid. With a ``workdir`` the directions go
-to ``landscape.partial.dirs.npz``, the key (config, data, θ0 hash) to
-``landscape.partial.json``, and every finished point to rank 0's ``landscape.partial.npz``
-(NaN where missing) or rank r's ``landscape.partial.rank<r>.jsonl``; a rerun with the same key,
-at any world size, fills in only the missing points.
+(:mod:`.sharding`) and every rank returns the whole grid. With a store (``ctx.store``, see
+:mod:`.store`) the directions go to ``landscape.partial.npz`` and every finished point to
+``landscape.partial.json`` (rank 0) or ``landscape.partial.rank<r>.jsonl``; a rerun with the
+same config, data and θ0, at any world size, computes only the missing points.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
 import re
 import time
-import warnings
 from dataclasses import dataclass, replace
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -43,21 +40,18 @@ from torch import nn
 
 from ..data.augment import soft_cross_entropy
 from ..errors import ConfigError, VitscopeError
-from ..io import atomic_write, atomic_write_json
-from ..train import distributed as dist_utils
-from .base import Result, TrainData, config_dict
-from .sharding import RankLog, key_digest, map_items
-
-SPLIT = "train"  # the landscape is measured on augmented training data
-DEFAULT_CHECKPOINT = "best"
-RESUMABLE = True  # run() resumes from landscape.partial.* in its workdir
+from ..results import Result, config_dict
+from .base import TrainData, eval_mode
+from .keys import LandscapeKeys as Keys
+from .objective import L2_MODES, l2_penalty
+from .sharding import map_items
+from .spec import Analysis, Context, FigureSpec
+from .store import PartialStore, state_digest
 
 NORMS = ("filter", "official", "layer")
-L2_MODES = ("squared", "official", "none")
 # parameters whose names match get a zero direction (the released code's exclusion list)
 EXCLUDE = re.compile(r"pos_embed|relative_position")
-RING_STEP = 0.1  # spacing of the L∞ rings summarised (spec §4's table)
-PARTIAL = "landscape.partial"  # stem of the resume files in workdir
+RING_STEP = 0.1  # spacing of the L∞ rings summarised (``docs/methods/landscape.md``'s table)
 
 Direction = dict[str, torch.Tensor]  # parameter name -> tensor; absent names: zero direction
 
@@ -210,21 +204,6 @@ def restore(model: nn.Module, theta0: Direction) -> None:
         p.copy_(theta0[name])
 
 
-def l2_penalty(model: nn.Module, mode: str, weight_decay: float) -> float:
-    """``0.5·wd·Σθ²`` (``squared``), ``wd·Σ_p ‖θ_p‖₂`` (``official``) or 0 (``none``), float64."""
-    if mode == "none":
-        return 0.0
-    norms = torch.stack(
-        [torch.linalg.vector_norm(p.detach(), dtype=torch.float64) for p in model.parameters()]
-    )
-    if mode == "squared":
-        return 0.5 * weight_decay * float(norms.square().sum())
-    if mode == "official":
-        return weight_decay * float(norms.sum())
-    _check_choice("l2", mode, L2_MODES)
-    raise AssertionError("unreachable")
-
-
 @torch.no_grad()
 def evaluate_point(
     model: nn.Module,
@@ -254,7 +233,7 @@ def evaluate_point(
         correct += int((logits.argmax(1) == t.argmax(1)).sum())
         n += len(t)
     nll_mean = float(nll) / n
-    l2 = l2_penalty(model, cfg.l2, cfg.weight_decay or 0.0)
+    l2 = float(l2_penalty(model.parameters(), cfg.l2, cfg.weight_decay or 0.0, dtype=torch.float64))
     return {"nll": nll_mean, "acc": correct / n, "l2": l2, "loss": nll_mean + l2}
 
 
@@ -309,106 +288,29 @@ class _Grid:
         return [(j, i) for j, i in np.ndindex(*self.done.shape) if not self.done[j, i]]
 
 
-def _save_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
-    def write(tmp: Path) -> None:
-        with open(tmp, "wb") as f:  # a file object keeps numpy from appending ".npz"
-            np.savez(f, **arrays)
-
-    atomic_write(path, write)
-
-
-def _theta_hash(theta0: Direction) -> str:
-    h = hashlib.sha256()
-    for name, t in theta0.items():
-        h.update(f"{name}{tuple(t.shape)}{t.dtype}".encode())
-        h.update(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()
-
-
-def _partial_key(cfg: Config, data: TrainData, theta0: Direction) -> dict:
-    """What a partial grid depends on: the config, the data and θ0 (the device does not)."""
-    key = {
+def _partial_key(cfg: Config, data: TrainData, model: nn.Module) -> dict:
+    """What a finished point depends on: the config, the data and θ0 (the device does not)."""
+    return {
         "config": {k: v for k, v in config_dict(cfg).items() if k != "device"},
         "data": {"images": len(data), "transform": data.transform},
-        "theta0_sha256": _theta_hash(theta0),
+        "state_sha256": state_digest(model),
     }
-    return json.loads(json.dumps(key, default=str))
 
 
-def _load_directions(workdir: Path, model: nn.Module) -> list[Direction]:
-    with np.load(workdir / f"{PARTIAL}.dirs.npz") as z:
-        return [unflatten_direction(model, z[k]) for k in ("d1", "d2")]
+def _directions(
+    model: nn.Module, cfg: Config, data: TrainData, store: PartialStore | None
+) -> tuple[list[Direction], dict]:
+    """d1, d2 and the points already finished: from ``store`` if it holds this run's."""
+    if store is None:
+        return _draw(model, cfg), {}
 
-
-def _load_partial(
-    workdir: Path, key: dict, model: nn.Module, shape: tuple[int, int]
-) -> tuple[list[Direction], _Grid] | None:
-    """Saved directions and grid if ``workdir`` holds a partial run with the same key."""
-    meta = workdir / f"{PARTIAL}.json"
-    if not meta.is_file():
-        return None
-    try:
-        if json.loads(meta.read_text()).get("key") != key:
-            warnings.warn(f"{meta} is from another config or model; starting over", stacklevel=4)
-            return None
-        dirs = _load_directions(workdir, model)
-        with np.load(workdir / f"{PARTIAL}.npz") as z:
-            grid = _Grid({k: z[k].astype(float) for k in GRIDS}, z["done"].astype(bool))
-    except (OSError, ValueError, KeyError, VitscopeError) as e:
-        warnings.warn(f"unreadable {PARTIAL}.* in {workdir} ({e}); starting over", stacklevel=4)
-        return None
-    if grid.done.shape != shape:
-        return None
-    return dirs, grid
-
-
-def _merge_logs(grid: _Grid, log: RankLog) -> None:
-    """Points other ranks finished (their logs) into ``grid``, each point once."""
-    for item, point in log.read():
-        try:
-            j, i = (int(v) for v in item)
-            if not grid.done[j, i]:
-                grid.record(j, i, point)
-        except (TypeError, ValueError, KeyError, IndexError):
-            continue  # not a point of this grid
-
-
-def _start_partial(
-    workdir: Path, key: dict, model: nn.Module, dirs: list[Direction], grid: _Grid, log: RankLog
-) -> None:
-    """Write directions, an empty grid and then the key (the key last marks them valid)."""
-    workdir.mkdir(parents=True, exist_ok=True)
-    (workdir / f"{PARTIAL}.json").unlink(missing_ok=True)
-    log.clear()
-    flat = {k: flatten_direction(model, d).numpy() for k, d in zip(("d1", "d2"), dirs)}
-    _save_npz(workdir / f"{PARTIAL}.dirs.npz", flat)
-    _save_grid(workdir, grid)
-    atomic_write_json(workdir / f"{PARTIAL}.json", {"key": key})
-
-
-def _save_grid(workdir: Path, grid: _Grid) -> None:
-    _save_npz(workdir / f"{PARTIAL}.npz", {**grid.values, "done": grid.done})
-
-
-def _resume(
-    workdir: Path, key: dict, model: nn.Module, cfg: Config, shape: tuple[int, int], log: RankLog
-) -> tuple[list[Direction], _Grid]:
-    """Rank 0: the saved directions and every rank's finished points, or a fresh start.
-
-    The points in other ranks' logs are merged into ``landscape.partial.npz`` before the logs
-    are deleted, so a kill at any moment loses nothing.
-    """
-    state = _load_partial(workdir, key, model, shape)
-    if state is None:
+    def fresh() -> dict[str, np.ndarray]:
         dirs = _draw(model, cfg)
-        grid = _Grid.empty(shape)
-        _start_partial(workdir, key, model, dirs, grid, log)
-        return dirs, grid
-    dirs, grid = state
-    _merge_logs(grid, log)
-    _save_grid(workdir, grid)
-    log.clear()
-    return dirs, grid
+        return {k: flatten_direction(model, d).numpy() for k, d in zip(("d1", "d2"), dirs)}
+
+    done, arrays = store.resume(_partial_key(cfg, data, model), fresh)
+    dirs = [unflatten_direction(model, arrays[k]) for k in ("d1", "d2")]
+    return dirs, done
 
 
 def _draw(model: nn.Module, cfg: Config) -> list[Direction]:
@@ -421,7 +323,8 @@ def _draw(model: nn.Module, cfg: Config) -> list[Direction]:
 
 
 def ring_summaries(xs: np.ndarray, ys: np.ndarray, grid: dict[str, np.ndarray]) -> list[dict]:
-    """Mean NLL, loss and accuracy over L∞ rings ``r = 0, 0.1, 0.2, ...`` (spec §4's table).
+    """Mean NLL, loss and accuracy over L∞ rings ``r = 0, 0.1, 0.2, ...``
+    (``docs/methods/landscape.md``'s table).
 
     Ring ``r`` holds the points whose L∞ radius ``max(|a|, |b|)`` lies in
     ``(r - 0.05, r + 0.05]`` (ring 0.1 also takes anything nearer than that, ring 0 is the
@@ -501,12 +404,7 @@ def _result(
 
 
 def run(
-    model: nn.Module,
-    data: TrainData,
-    cfg: Config = Config(),
-    *,
-    spec=None,
-    workdir: Path | None = None,
+    model: nn.Module, data: TrainData, cfg: Config = Config(), ctx: Context = Context()
 ) -> Result:
     """The loss landscape of ``model`` around its current parameters θ0.
 
@@ -515,8 +413,7 @@ def run(
             its former mode, with θ0 restored bit-exactly (also when interrupted).
         data: augmented training batches (:class:`TrainData`).
         cfg: settings; ``weight_decay=None`` takes ``data.weight_decay``.
-        spec: unused (the landscape does not look at blocks); accepted for the contract.
-        workdir: where ``landscape.partial.*`` go; a rerun there resumes the grid.
+        ctx: ``ctx.store`` keeps the directions and finished points; a rerun resumes the grid.
 
     Under torchrun the points are sharded over the ranks; every rank returns the whole grid.
 
@@ -528,41 +425,54 @@ def run(
     if cfg.weight_decay is None:
         cfg = replace(cfg, weight_decay=float(data.weight_decay))
     xs, ys = grid_axes(cfg)
-    shape = (len(ys), len(xs))
-    was_training = model.training
-    model.eval()
+    grid = _Grid.empty((len(ys), len(xs)))
     theta0 = {n: p.detach().clone() for n, p in model.named_parameters()}
-    try:
-        if workdir is None:
-            dirs, grid = _draw(model, cfg), _Grid.empty(shape)
-        else:
-            workdir = Path(workdir)
-            key = _partial_key(cfg, data, theta0)
-            log = RankLog(workdir, PARTIAL, key_digest(key))
-            state = _resume(workdir, key, model, cfg, shape, log) if dist_utils.is_main() else None
-            # after rank 0 has merged the logs and written the directions
-            grid = dist_utils.broadcast_object(state[1] if state else None)
-            dirs = state[0] if state else _load_directions(workdir, model)
-        dtype = next(iter(theta0.values())).dtype if theta0 else torch.float32
-        batches = make_batches(data, cfg, dtype)
+    with eval_mode(model):
+        try:
+            dirs, done = _directions(model, cfg, data, ctx.store)
+            for (j, i), point in done.items():
+                grid.record(j, i, point)
+            dtype = next(iter(theta0.values())).dtype if theta0 else torch.float32
+            batches = make_batches(data, cfg, dtype)
 
-        def compute(point: tuple[int, int]) -> dict[str, float]:
-            j, i = point
-            t0 = time.perf_counter()
-            out = evaluate_point(model, batches, theta0, *dirs, float(xs[i]), float(ys[j]), cfg)
-            return {**out, "seconds": time.perf_counter() - t0}
+            def compute(point: tuple[int, int]) -> dict[str, float]:
+                j, i = point
+                t0 = time.perf_counter()
+                a, b = float(xs[i]), float(ys[j])
+                out = evaluate_point(model, batches, theta0, *dirs, a, b, cfg)
+                return {**out, "seconds": time.perf_counter() - t0}
 
-        def save(point: tuple[int, int], values: dict[str, float]) -> None:
-            if dist_utils.is_main():
-                grid.record(*point, values)
-                _save_grid(workdir, grid)
-            else:
-                log.append(list(point), values)
-
-        finished = map_items(grid.todo(), compute, save if workdir is not None else None)
-        for (j, i), values in finished.items():
-            grid.record(j, i, values)
-    finally:
-        restore(model, theta0)
-        model.train(was_training)
+            save = ctx.store.add if ctx.store is not None else None
+            for (j, i), values in map_items(grid.todo(), compute, save).items():
+                grid.record(j, i, values)
+        finally:
+            restore(model, theta0)
     return _result(model, cfg, data, xs, ys, dirs, grid)
+
+
+def summary(result: Result) -> dict[str, float | None]:
+    """NLL + L2 at θ0 and its mean rise on the ring at radius 0.5."""
+    center = result.values[Keys.CENTER]["loss"]
+    ring = next((r for r in result.values[Keys.RINGS] if abs(r["r"] - 0.5) < 1e-9), None)
+    rise = ring["loss"] - center if ring and ring["loss"] is not None else None
+    return {"NLL + L2 at θ0": center, "rise at r = 0.5": rise}
+
+
+ANALYSIS = Analysis(
+    name="landscape",
+    config=Config,
+    run=run,
+    split="train",  # augmented training batches, as in the paper
+    resumable=True,
+    default_checkpoint="best",
+    figures=(
+        FigureSpec("landscape_contour", "vitscope.report.landscape_figures:draw_contour", (8, 3.6)),
+        FigureSpec("landscape_surface", "vitscope.report.landscape_figures:draw_surface", (8, 3.6)),
+        FigureSpec("landscape_1d", "vitscope.report.landscape_figures:draw_1d", (8, 3.6)),
+    ),
+    summary=summary,
+    compare="vitscope.report.compare:landscape",
+    keys=Keys,
+    description="Loss landscape (NLL + L2) along filter-normalised random directions (Fig 1a)",
+    order=60,
+)

@@ -1,4 +1,5 @@
-"""Lesion study: remove one residual unit at a time (Park & Kim 2022, §4.2; spec §7.1).
+"""Lesion study: remove one residual unit at a time (Park & Kim 2022, §4.2;
+``docs/methods/lesion.md``).
 
 Each removable unit (not the stem, the head or a unit that changes the spatial size) is
 replaced by its skip path and the test accuracy is measured again. ΔAccuracy against depth
@@ -13,9 +14,12 @@ from dataclasses import dataclass
 import torch
 
 from ..errors import ConfigError
-from ..models import blocks, replace_unit
-from .base import EvalData, Result, accuracy, config_dict, unit_table
+from ..models import replace_unit
+from ..results import Result, config_dict
+from .base import EvalData, accuracy, eval_mode, feature_units, unit_table
+from .keys import LesionKeys as Keys
 from .sharding import map_items
+from .spec import Analysis, Context, FigureSpec
 
 
 @dataclass(frozen=True)
@@ -56,7 +60,9 @@ def _removed(model: torch.nn.Module, block, mode: str):
 
 
 @torch.no_grad()
-def run(model: torch.nn.Module, data: EvalData, cfg: Config = Config(), *, spec=None) -> Result:
+def run(
+    model: torch.nn.Module, data: EvalData, cfg: Config = Config(), ctx: Context = Context()
+) -> Result:
     """Accuracy change (percentage points) when each removable unit is taken out.
 
     Under torchrun the lesions (and the intact pass) are sharded over the ranks; every rank
@@ -66,7 +72,7 @@ def run(model: torch.nn.Module, data: EvalData, cfg: Config = Config(), *, spec=
         Result ``lesion``: ``values.units``, ``values.delta_acc`` (``None`` for units that
         cannot be removed), ``values.base_acc`` (%).
     """
-    units = [b for b in blocks(model, spec) if b.kind != "head"]
+    units = feature_units(model, ctx.spec)
     lesions = [k for k, b in enumerate(units) if removable(b)]
     if not lesions:
         raise ConfigError("lesion: the model has no removable residual units")
@@ -79,21 +85,40 @@ def run(model: torch.nn.Module, data: EvalData, cfg: Config = Config(), *, spec=
         with _removed(model, units[k], cfg.mode):
             return 100.0 * accuracy(model, batches)
 
-    was_training = model.training
-    model.eval()
-    try:
+    with eval_mode(model):
         accs = map_items([None, *lesions], acc)
-    finally:
-        model.train(was_training)
     base = accs[None]
     deltas = [accs[k] - base if k in accs else None for k in range(len(units))]
     return Result(
         "lesion",
         values={
-            "units": unit_table(units),
-            "delta_acc": deltas,
-            "base_acc": base,
-            "num_images": min(cfg.num_images, len(data)),
+            Keys.UNITS: unit_table(units),
+            Keys.DELTA_ACC: deltas,
+            Keys.BASE_ACC: base,
+            Keys.NUM_IMAGES: min(cfg.num_images, len(data)),
         },
         config=config_dict(cfg),
     )
+
+
+def summary(result: Result) -> dict[str, float | None]:
+    """Intact accuracy and the largest accuracy drop of one lesion."""
+    deltas = [d for d in result.values[Keys.DELTA_ACC] if d is not None]
+    return {
+        "intact accuracy (%)": result.values[Keys.BASE_ACC],
+        "largest drop (points)": min(deltas),
+    }
+
+
+ANALYSIS = Analysis(
+    name="lesion",
+    config=Config,
+    run=run,
+    split="test",
+    figures=(FigureSpec("lesion", "vitscope.report.figures:lesion"),),
+    summary=summary,
+    compare="vitscope.report.compare:lesion",
+    keys=Keys,
+    description="Lesion study: accuracy without each residual unit (§4.2)",
+    order=40,
+)

@@ -1,4 +1,4 @@
-"""Robustness to band-limited random noise (Park & Kim 2022, Fig 2b; spec §2).
+"""Robustness to band-limited random noise (Park & Kim 2022, Fig 2b; ``docs/methods/noise.md``).
 
 Noise for a batch of normalised images ``x`` of shape ``(b, c, h, w)``:
 
@@ -26,8 +26,11 @@ import numpy as np
 import torch
 
 from ..errors import ConfigError
-from .base import EvalData, Result, accuracy, config_dict
+from ..results import Result, config_dict
+from .base import EvalData, accuracy, eval_mode
+from .keys import NoiseKeys as Keys
 from .sharding import map_items
+from .spec import Analysis, Context, FigureSpec
 
 
 @dataclass(frozen=True)
@@ -109,7 +112,9 @@ def noisy_accuracy(model: torch.nn.Module, data: EvalData, cfg: Config, f: float
 
 
 @torch.no_grad()
-def run(model: torch.nn.Module, data: EvalData, cfg: Config = Config(), **_: object) -> Result:
+def run(
+    model: torch.nn.Module, data: EvalData, cfg: Config = Config(), ctx: Context = Context()
+) -> Result:
     """ΔAccuracy (percentage points) under band-limited noise for each band centre.
 
     Under torchrun the bands (and the clean pass) are sharded over the ranks; every rank
@@ -125,23 +130,42 @@ def run(model: torch.nn.Module, data: EvalData, cfg: Config = Config(), **_: obj
         for f in cfg.frequencies
     ]
     bands: list[float | None] = [None, *cfg.frequencies]  # item 0: the clean pass
-    was_training = model.training
-    model.eval()
-    try:
+    with eval_mode(model):
         acc = map_items(range(len(bands)), lambda k: noisy_accuracy(model, data, cfg, bands[k]))
-    finally:
-        model.train(was_training)
     clean = acc[0]
     deltas = [100.0 * (acc[k] - clean) for k in range(1, len(bands))]
     return Result(
         "noise",
         values={
-            "frequencies": list(cfg.frequencies),
-            "delta_acc": deltas,
-            "clean_acc": 100.0 * clean,
-            "band_bins": bins,
-            "num_images": min(cfg.num_images, len(data)),
+            Keys.FREQUENCIES: list(cfg.frequencies),
+            Keys.DELTA_ACC: deltas,
+            Keys.CLEAN_ACC: 100.0 * clean,
+            Keys.BAND_BINS: bins,
+            Keys.NUM_IMAGES: min(cfg.num_images, len(data)),
         },
-        arrays={"frequencies": np.asarray(cfg.frequencies), "delta_acc": np.asarray(deltas)},
+        arrays={
+            Keys.FREQUENCIES: np.asarray(cfg.frequencies),
+            Keys.DELTA_ACC: np.asarray(deltas),
+        },
         config=config_dict(cfg),
     )
+
+
+def summary(result: Result) -> dict[str, float | None]:
+    """Clean accuracy and the worst accuracy change over the bands."""
+    deltas = result.values[Keys.DELTA_ACC]
+    return {"clean accuracy (%)": result.values[Keys.CLEAN_ACC], "worst ΔAcc (%)": min(deltas)}
+
+
+ANALYSIS = Analysis(
+    name="noise",
+    config=Config,
+    run=run,
+    split="test",
+    figures=(FigureSpec("noise", "vitscope.report.figures:noise"),),
+    summary=summary,
+    compare="vitscope.report.compare:noise",
+    keys=Keys,
+    description="Robustness to band-limited random noise (Fig 2b)",
+    order=30,
+)

@@ -1,4 +1,5 @@
-"""Training NLL on augmented data, the quantity of the paper's overfitting plot (Fig 1b; spec §6).
+"""Training NLL on augmented data, the quantity of the paper's overfitting plot (Fig 1b;
+``docs/methods/overfitting.md``).
 
 The paper's claim: a weak inductive bias does not make ViTs overfit; test error and training
 NLL rise together, so ViT's trouble is optimisation, not overfitting. This module measures
@@ -14,13 +15,14 @@ from dataclasses import dataclass
 
 import torch
 
+from .. import distributed as dist_utils
 from ..data.augment import soft_cross_entropy
 from ..errors import ConfigError
-from ..train import distributed as dist_utils
-from .base import Result, TrainData, config_dict
+from ..results import Result, config_dict
+from .base import TrainData, eval_mode
+from .keys import OverfittingKeys as Keys
 from .sharding import sum_over_ranks
-
-SPLIT = "train"
+from .spec import Analysis, Context
 
 
 @dataclass(frozen=True)
@@ -38,7 +40,9 @@ class Config:
 
 
 @torch.no_grad()
-def run(model: torch.nn.Module, data: TrainData, cfg: Config = Config(), **_: object) -> Result:
+def run(
+    model: torch.nn.Module, data: TrainData, cfg: Config = Config(), ctx: Context = Context()
+) -> Result:
     """Mean NLL and accuracy (vs the argmax of the soft targets) on augmented training data.
 
     Under torchrun the batches are sharded over the ranks and the sums added up.
@@ -46,26 +50,37 @@ def run(model: torch.nn.Module, data: TrainData, cfg: Config = Config(), **_: ob
     Returns:
         Result ``overfitting``: ``values.train_nll``, ``values.train_acc``, ``values.images``.
     """
-    was_training = model.training
-    model.eval()
     nll_sum = correct = seen = 0.0
-    try:
+    with eval_mode(model):
         for i in dist_utils.shard(range(cfg.batches)):
             x, t = data.batch(i, cfg.batch_size, seed=cfg.seed, device=cfg.device)
             logits = model(x).float()
             nll_sum += soft_cross_entropy(logits, t).item() * len(x)
             correct += (logits.argmax(1) == t.argmax(1)).sum().item()
             seen += len(x)
-    finally:
-        model.train(was_training)
     nll_sum, correct, seen = sum_over_ranks([nll_sum, correct, seen])
     return Result(
         "overfitting",
         values={
-            "train_nll": nll_sum / seen,
-            "train_acc": correct / seen,
-            "images": int(seen),
-            "transform": data.transform,
+            Keys.TRAIN_NLL: nll_sum / seen,
+            Keys.TRAIN_ACC: correct / seen,
+            Keys.IMAGES: int(seen),
+            Keys.TRANSFORM: data.transform,
         },
         config=config_dict(cfg),
     )
+
+
+ANALYSIS = Analysis(
+    name="overfitting",
+    config=Config,
+    run=run,
+    split="train",
+    summary=lambda r: {
+        "train NLL": r.values[Keys.TRAIN_NLL],
+        "train acc": r.values[Keys.TRAIN_ACC],
+    },
+    keys=Keys,
+    description="Training NLL on augmented data, beside the test error (Fig 1b)",
+    order=50,
+)

@@ -1,7 +1,7 @@
 """Sharding an analysis' independent items over torchrun ranks, with per-rank resume logs.
 
 Every rank enumerates the same items (grid points, mini-batches, frequencies, units), computes
-its round-robin share (:func:`vitscope.train.distributed.shard`) and the records meet on every
+its round-robin share (:func:`vitscope.distributed.shard`) and the records meet on every
 rank through an all-gather, so each rank returns the same result and rank 0 writes it. An item's
 record depends on the item alone, so a sharded result equals the single-process one.
 
@@ -29,8 +29,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
+from .. import distributed as dist_utils
 from ..io import append_jsonl
-from ..train import distributed as dist_utils
 
 I = TypeVar("I", bound=Hashable)  # noqa: E741 — an item
 R = TypeVar("R")  # its record

@@ -1,4 +1,4 @@
-"""Feature-map variance (Park & Kim 2022, Fig 9, D.1; spec §3).
+"""Feature-map variance (Park & Kim 2022, Fig 9, D.1; ``docs/methods/variance.md``).
 
 For a feature map ``x`` of shape ``(b, c, h, w)``: the unbiased variance over the ``h*w``
 spatial positions (tokens) of each channel of each sample, averaged over channels and
@@ -13,9 +13,12 @@ from dataclasses import dataclass
 import torch
 
 from ..errors import ConfigError
-from ..models import blocks, feature_maps
-from .base import EvalData, Result, config_dict, unit_table
+from ..models import feature_maps
+from ..results import Result, config_dict
+from .base import EvalData, eval_mode, feature_units, unit_table
+from .keys import VarianceKeys as Keys
 from .sharding import sum_over_ranks
+from .spec import Analysis, Context, FigureSpec
 
 
 @dataclass(frozen=True)
@@ -45,7 +48,9 @@ def _variance_sum(x: torch.Tensor) -> float:
 
 
 @torch.no_grad()
-def run(model: torch.nn.Module, data: EvalData, cfg: Config = Config(), *, spec=None) -> Result:
+def run(
+    model: torch.nn.Module, data: EvalData, cfg: Config = Config(), ctx: Context = Context()
+) -> Result:
     """Variance of every unit's feature map, averaged over ``cfg.num_images`` test images.
 
     Under torchrun the batches are sharded over the ranks and the sums added up.
@@ -53,24 +58,43 @@ def run(model: torch.nn.Module, data: EvalData, cfg: Config = Config(), *, spec=
     Returns:
         Result ``variance``: ``values.units`` and ``values.variance`` (one float per unit).
     """
-    units = [b for b in blocks(model, spec) if b.kind != "head"]
+    units = feature_units(model, ctx.spec)
     sums: list[float] = []
     counts: list[int] = []
-    was_training = model.training
-    model.eval()
-    try:
+    with eval_mode(model):
         for x, _ in data.batches(cfg.batch_size, cfg.device, limit=cfg.num_images, sharded=True):
-            for i, m in enumerate(feature_maps(model, x, spec)):
+            for i, m in enumerate(feature_maps(model, x, ctx.spec)):
                 if i == len(sums):
                     sums.append(0.0)
                     counts.append(0)
                 sums[i] += _variance_sum(m)
                 counts[i] += m.shape[0] * m.shape[1]
-    finally:
-        model.train(was_training)
     sums, counts = sum_over_ranks(sums), sum_over_ranks(counts)
     return Result(
         "variance",
-        values={"units": unit_table(units), "variance": [s / n for s, n in zip(sums, counts)]},
+        values={
+            Keys.UNITS: unit_table(units),
+            Keys.VARIANCE: [s / n for s, n in zip(sums, counts)],
+        },
         config=config_dict(cfg),
     )
+
+
+def summary(result: Result) -> dict[str, float | None]:
+    """The variance of the last feature map and its largest value over depth."""
+    v = [x for x in result.values[Keys.VARIANCE] if x == x]
+    return {"variance, last unit": v[-1] if v else None, "variance, max": max(v) if v else None}
+
+
+ANALYSIS = Analysis(
+    name="variance",
+    config=Config,
+    run=run,
+    split="test",
+    figures=(FigureSpec("variance", "vitscope.report.figures:variance"),),
+    summary=summary,
+    compare="vitscope.report.compare:variance",
+    keys=Keys,
+    description="Feature-map variance per unit (Fig 9)",
+    order=20,
+)

@@ -47,7 +47,7 @@ class HessianOperator:
 
     An analytic term ``l2_shift * I`` can be added: the Hessian of ``0.5 * wd * ||θ||²`` is
     ``wd * I``, so the analyses pass ``l2_shift=wd`` instead of putting the regulariser into
-    the autograd graph (spec §14, ``l2="squared"``).
+    the autograd graph (``docs/methods/decisions.md#decisions``, ``l2="squared"``).
 
     Args:
         loss_fn: closure returning the scalar loss on a fixed batch with the current

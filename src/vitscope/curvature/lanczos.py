@@ -10,7 +10,8 @@ kept in float64 and diagonalised with :func:`torch.linalg.eigh`.
 
 A Ritz pair ``(θ_i, Q_m s_i)`` has residual ``||A Q_m s_i - θ_i Q_m s_i|| = |β_m s_{m,i}|``,
 known without another product, so the iteration stops as soon as the wanted Ritz values
-are accurate (spec §14: about 4x fewer Hessian-vector products than power iteration).
+are accurate (``docs/methods/decisions.md``: about 4x fewer Hessian-vector products than power
+iteration).
 """
 
 from __future__ import annotations
@@ -196,7 +197,8 @@ def lanczos(
         tol: relative residual tolerance.
         seed: seed of the Gaussian start vector.
         dtype, device: of the Krylov vectors; default from the operator.
-        which: ``"LM"`` largest magnitude (PyHessian's top-k, spec §5), ``"LA"`` largest
+        which: ``"LM"`` largest magnitude (PyHessian's top-k, ``docs/methods/hessian.md``),
+        ``"LA"`` largest
             algebraic, ``"SA"`` smallest algebraic.
         return_vectors: also return the Ritz vectors of the wanted values.
     """
@@ -253,7 +255,8 @@ def power_iteration(
     Hessian Eigenvalue Density" / PyHessian ``hessian.eigenvalues``: for each ``i < k``,
     from a fresh random vector, repeat ``v <- orth(v, v_1..v_{i-1})``, ``λ = vᵀAv``,
     ``v <- Av / ||Av||`` until ``|λ - λ_prev| / (|λ_prev| + 1e-6) < tol`` or ``max_iter``.
-    Kept as the reference the paper used (spec §5) and for the matvec-count comparison.
+    Kept as the reference the paper used (``docs/methods/hessian.md``) and for the matvec-count
+    comparison.
     """
     _check_args(k, max_iter, tol)
     matvec, dim, dtype, device = _resolve_operator(matvec, dim, dtype, device)

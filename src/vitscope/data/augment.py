@@ -1,4 +1,5 @@
-"""Whole-batch training augmentation on the images' device (spec §8), and the soft-target loss.
+"""Whole-batch training augmentation on the images' device (``docs/methods/training.md``), and the
+soft-target loss.
 
 The paper's CIFAR recipe (timm ``transforms_imagenet_train(separate=True)`` + ``Mixup``) is,
 per training batch:

@@ -431,7 +431,7 @@ CIFAR = {
             num_classes=10,
             in_chans=3,
             img_size=32,
-            mean=(0.4914, 0.4822, 0.4465),  # spec §8
+            mean=(0.4914, 0.4822, 0.4465),  # ``docs/methods/training.md#training-recipes``
             std=(0.2023, 0.1994, 0.2010),
             classes=(
                 "airplane",
@@ -465,7 +465,7 @@ CIFAR = {
             num_classes=100,
             in_chans=3,
             img_size=32,
-            mean=(0.5071, 0.4867, 0.4408),  # spec §8
+            mean=(0.5071, 0.4867, 0.4408),  # ``docs/methods/training.md#training-recipes``
             std=(0.2675, 0.2565, 0.2761),
             classes=_CIFAR100_CLASSES,
         ),

@@ -1,4 +1,5 @@
-"""Class-balanced, seeded subsets of a training set: the small-data regime (spec §6)."""
+"""Class-balanced, seeded subsets of a training set: the small-data regime
+(``docs/methods/overfitting.md``)."""
 
 from __future__ import annotations
 

@@ -9,6 +9,7 @@ Every variant is a registered builder whose body is a dict of hyper-parameters::
 from __future__ import annotations
 
 import inspect
+import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -19,11 +20,24 @@ from ..registry import Registry
 from .blocks import Block, blocks, feature_maps, replace_unit
 
 MODELS: Registry[Callable[..., nn.Module]] = Registry("model")
+_FAMILIES: dict[str, str] = {}  # model name -> family (the metadata the report groups by)
 
 
 def register_model(builder: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
-    """Decorator: register a variant builder under its function name."""
-    return MODELS.register()(builder)
+    """Decorator: register a variant builder under its function name.
+
+    The variant's family is its module's ``FAMILY`` (``ResNet``, ``ViT``, ...), else ``other``.
+    """
+    MODELS.register()(builder)
+    module = sys.modules.get(builder.__module__)
+    _FAMILIES[builder.__name__] = str(getattr(module, "FAMILY", "other"))
+    return builder
+
+
+def model_family(name: str) -> str:
+    """The family of a registered model (``ResNet``, ``ViT``, ``PiT``, ``Swin``, ``AlterNet``);
+    ``other`` for names the registry does not know (a user's own model)."""
+    return _FAMILIES.get(name, "other")
 
 
 def build(cls: type[nn.Module], defaults: dict[str, Any], overrides: dict[str, Any]) -> nn.Module:
@@ -89,6 +103,7 @@ __all__ = [
     "create_model",
     "feature_maps",
     "list_models",
+    "model_family",
     "register_model",
     "replace_unit",
 ]

@@ -1,7 +1,8 @@
 """AlterNet (Park & Kim, 2022, §4): a pre-activation ResNet whose stage-ending blocks are MSAs.
 
 Within a stage of ``n1`` blocks with ``n2`` MSAs the layout is
-``[Conv] * (n1 - 2*n2) + [Conv, MSA] * n2`` (spec §7.3). The MSA block (``AttentionBlockB``)
+``[Conv] * (n1 - 2*n2) + [Conv, MSA] * n2`` (``docs/methods/alternet.md``). The MSA block
+(``AttentionBlockB``)
 has no MLP inside: the following conv blocks play that role. Its windowed attention carries a
 single relative-position table shared by all heads. With ``msas`` all zero this is the
 baseline pre-activation ResNet of the paper's build-up study.
@@ -21,6 +22,8 @@ from . import build, register_model
 from .blocks import Block, make_blocks
 from .layers import Attention, DropPath, GapHead, drop_path_rates, init_weights
 from .resnet import conv_stem
+
+FAMILY = "AlterNet"  # the family the report groups these variants under
 
 
 def _bn_act(dim: int, act: type[nn.Module] = nn.ReLU) -> nn.Sequential:

@@ -2,7 +2,8 @@
 
 Analyses (Fourier, variance, lesion) never reach into an architecture; they ask
 :func:`blocks` for the units, hook their outputs with :func:`feature_maps` and remove one
-with :func:`replace_unit`. The decomposition follows the paper's code (spec §0.1): ResNet =
+with :func:`replace_unit`. The decomposition follows the paper's code (``docs/methods/blocks.md``):
+ResNet =
 stem, each residual block, head; ViT = patch embedding, then ``x + attn(norm1(x))`` and
 ``x + mlp(norm2(x))`` as two units per transformer block, then head.
 
@@ -193,7 +194,7 @@ class _SkipPath(nn.Module):
 
 @contextmanager
 def replace_unit(model: nn.Module, block: Block) -> Iterator[nn.Module]:
-    """Temporarily remove a residual unit (lesion study, spec §7.1).
+    """Temporarily remove a residual unit (lesion study, ``docs/methods/lesion.md#lesion-study``).
 
     The unit is replaced by its skip path: ``nn.Identity()``, or the unit's ``skip`` method
     where it has one (a projection, e.g. the first block of a bottleneck ResNet, which changes

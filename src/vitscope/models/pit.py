@@ -1,4 +1,5 @@
-"""Pooling-based Vision Transformer (PiT, Heo et al., 2021), as timm's for CIFAR (spec §9).
+"""Pooling-based Vision Transformer (PiT, Heo et al., 2021), as timm's for CIFAR
+(``docs/methods/training.md``).
 
 Stages of pre-norm transformer blocks; between stages a ``pool`` unit halves the token grid
 with a strided depthwise conv and widens the tokens (the CLS token goes through a linear).
@@ -18,6 +19,8 @@ from ..errors import ConfigError
 from . import build, register_model
 from .blocks import Block, staged_token_units
 from .layers import TokenHead, TokenStem, TransformerBlock, drop_path_rates, init_weights
+
+FAMILY = "PiT"  # the family the report groups these variants under
 
 
 class TokenPool(nn.Module):

@@ -1,4 +1,5 @@
-"""Post-activation ResNets (He et al., 2016) as in the paper's CIFAR code (spec §9).
+"""Post-activation ResNets (He et al., 2016) as in the paper's CIFAR code
+(``docs/methods/training.md``).
 
 CIFAR stem: 3x3/1 conv + BN + ReLU, no max-pool. ImageNet stem: 7x7/2 conv + BN + ReLU +
 3x3/2 max-pool. Bottlenecks put the stride on the 3x3 conv (v1.5).
@@ -15,6 +16,8 @@ from ..errors import ConfigError
 from . import build, register_model
 from .blocks import Block, make_blocks
 from .layers import ConvBnAct, DropPath, GapHead, drop_path_rates, init_weights
+
+FAMILY = "ResNet"  # the family the report groups these variants under
 
 
 class PostActUnit(nn.Module):

@@ -1,4 +1,4 @@
-"""Swin Transformer (Liu et al., 2021), as timm's for CIFAR (spec §9).
+"""Swin Transformer (Liu et al., 2021), as timm's for CIFAR (``docs/methods/training.md#models``).
 
 The stream is a channel-last map ``(B, H, W, C)``. Each block is two units (windowed
 attention, MLP); every other block shifts its windows by half a window; patch merging joins
@@ -19,6 +19,8 @@ from ..errors import ConfigError
 from . import build, register_model
 from .blocks import Block, staged_token_units
 from .layers import PatchEmbed, TokenHead, TransformerBlock, drop_path_rates, init_weights
+
+FAMILY = "Swin"  # the family the report groups these variants under
 
 
 class SwinStem(nn.Module):

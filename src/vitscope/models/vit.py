@@ -1,8 +1,9 @@
-"""Vision Transformer (Dosovitskiy et al., 2021), pre-norm, as timm's for CIFAR (spec §9).
+"""Vision Transformer (Dosovitskiy et al., 2021), pre-norm, as timm's for CIFAR
+(``docs/methods/training.md``).
 
 With ``kernel=k`` every MSA is local: a 2-D convolutional self-attention over the centred
 ``k x k`` neighbourhood of each token (Yang et al., 2019, "Convolutional Self-Attention
-Networks"), the paper's locality ablation (spec §7.4, Fig 7).
+Networks"), the paper's locality ablation (``docs/methods/alternet.md``, Fig 7).
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ from ..errors import ConfigError
 from . import build, register_model
 from .blocks import Block, make_blocks
 from .layers import TokenHead, TokenStem, TransformerBlock, drop_path_rates, init_weights
+
+FAMILY = "ViT"  # the family the report groups these variants under
 
 
 class VisionTransformer(nn.Module):
@@ -128,7 +131,8 @@ def vit_tiny(**kw) -> nn.Module:
 
 @register_model
 def vit_local_ti(**kw) -> nn.Module:
-    """ViT-Ti with 3x3 local MSA (spec §7.4): 16x16 tokens of 2x2 patches, GAP head, no CLS."""
+    """ViT-Ti with 3x3 local MSA (``docs/methods/alternet.md``): 16x16 tokens of 2x2 patches, GAP
+    head, no CLS."""
     return _vit(
         dict(patch_size=2, dim=192, depth=12, heads=3, mlp_ratio=4, head="gap", kernel=3), **kw
     )

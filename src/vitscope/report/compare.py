@@ -1,8 +1,8 @@
 """Figures that overlay one analysis of several runs (e.g. ResNet, ViT, ViT on 6% of the data).
 
-``compare_figure(name, results)`` draws the paper's side-by-side plot of an analysis kind;
-``vitscope compare NAME RUN_DIR... --out fig.png`` is its CLI. Results are read from the
-runs' ``results/`` folders; nothing is recomputed.
+``compare_figure(name, results)`` draws the overlay the analysis declares (``compare=`` in its
+``Analysis``); ``vitscope compare NAME RUN_DIR... --out fig.png`` is its CLI. Results are read
+from the runs' ``results/`` folders; nothing is recomputed. The built-ins' overlays are below.
 """
 
 from __future__ import annotations
@@ -10,30 +10,37 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-import matplotlib.pyplot as plt
 import numpy as np
+from matplotlib.figure import Figure
 
-from ..analyses.base import Result
+from ..analyses.keys import FourierKeys, LandscapeKeys, LesionKeys, NoiseKeys, VarianceKeys
 from ..errors import VitscopeError
+from ..results import Result
 from .figures import save_figure, unit_marker
-from .hessian_figures import spectrum_figure
+from .hessian_figures import draw_spectra
 from .landscape_figures import plot_landscape_1d
+from .load import family
+
+SIZE = (5, 3.4)
 
 
 def _label(result: Result) -> str:
     return result.label(result.meta.get("run", "?"))
 
 
-def _over_depth(key: str, ylabel: str, *, ymin: float | None = None) -> Callable:
-    def draw(results: Sequence[Result]) -> plt.Figure:
-        fig, ax = plt.subplots(figsize=(5, 3.4), layout="constrained")
+def _over_depth(keys: type, key: str, ylabel: str, *, ymin: float | None = None) -> Callable:
+    """An overlay of per-unit ``values[key]`` against depth (units: ``values[keys.UNITS]``)."""
+
+    def draw(results: Sequence[Result], fig: Figure) -> None:
+        ax = fig.subplots()
         for r in results:
-            depth = [u["depth"] for u in r.values["units"]]
+            units = r.values[keys.UNITS]
+            depth = [u["depth"] for u in units]
             values = np.array([np.nan if v is None else v for v in r.values[key]], dtype=float)
             ax.plot(
                 depth,
                 values,
-                marker=unit_marker(r.values.get("units", [])),
+                marker=unit_marker(units),
                 ms=4,
                 lw=1.2,
                 label=_label(r),
@@ -45,54 +52,59 @@ def _over_depth(key: str, ylabel: str, *, ymin: float | None = None) -> Callable
         ax.set_xlabel("Normalized depth")
         ax.set_ylabel(ylabel)
         ax.legend(fontsize=7)
-        return fig
 
     return draw
 
 
-def _noise(results: Sequence[Result]) -> plt.Figure:
-    fig, ax = plt.subplots(figsize=(5, 3.4), layout="constrained")
+fourier = _over_depth(FourierKeys, FourierKeys.HIGH_FREQ, "ΔLog amplitude (1.0π)")
+variance = _over_depth(VarianceKeys, VarianceKeys.VARIANCE, "Feature map variance", ymin=0.0)
+lesion = _over_depth(LesionKeys, LesionKeys.DELTA_ACC, "ΔAccuracy (%)")
+
+
+def noise(results: Sequence[Result], fig: Figure) -> None:
+    ax = fig.subplots()
     for r in results:
-        ax.plot(
-            r.values["frequencies"], r.values["delta_acc"], marker=_marker_noise(r), label=_label(r)
-        )
+        marker = "o" if family(str(r.meta.get("model", "")), r.meta.get("family")) == "ViT" else "D"
+        v = r.values
+        ax.plot(v[NoiseKeys.FREQUENCIES], v[NoiseKeys.DELTA_ACC], marker=marker, label=_label(r))
     ax.axhline(0, color="0.7", lw=0.6)
     ax.set_xlim(0, 1)
     ax.set_xticks([0, 0.5, 1.0], ["0.0π", "0.5π", "1.0π"])
     ax.set_xlabel("Noise frequency")
     ax.set_ylabel("ΔAccuracy (%)")
     ax.legend(fontsize=7)
-    return fig
 
 
-def _marker_noise(result: Result) -> str:
-    return "o" if "vit" in str(result.meta.get("model", "")) else "D"
+def landscape(results: Sequence[Result], fig: Figure) -> None:
+    axes = fig.subplots(1, 2)
+    plot_landscape_1d(results, axes[0], which=LandscapeKeys.LOSS)
+    plot_landscape_1d(results, axes[1], which=LandscapeKeys.NLL)
 
 
-def _landscape(results: Sequence[Result]) -> plt.Figure:
-    fig, axes = plt.subplots(1, 2, figsize=(8, 3.4), layout="constrained")
-    plot_landscape_1d(results, axes[0], which="loss")
-    plot_landscape_1d(results, axes[1], which="nll")
-    return fig
+def hessian(results: Sequence[Result], fig: Figure) -> None:
+    draw_spectra(results, fig)
 
 
-COMPARE: dict[str, Callable[[Sequence[Result]], plt.Figure]] = {
-    "fourier": _over_depth("high_freq", "ΔLog amplitude (1.0π)"),
-    "variance": _over_depth("variance", "Feature map variance", ymin=0.0),
-    "lesion": _over_depth("delta_acc", "ΔAccuracy (%)"),
-    "noise": _noise,
-    "hessian": spectrum_figure,
-    "landscape": _landscape,
-}
+SIZES = {"landscape": (8, 3.4), "hessian": (5.5, 3.0)}  # the rest: SIZE
 
 
-def compare_figure(name: str, results: Sequence[Result]) -> plt.Figure:
-    """The overlay figure of analysis ``name`` for several results."""
-    if name not in COMPARE:
-        raise VitscopeError(f"no comparison figure for {name!r}; valid: {', '.join(COMPARE)}")
+def overlay(name: str, draw: Callable, results: Sequence[Result]) -> Figure:
+    """``draw(results, fig)`` on a new figure of the size analysis ``name``'s overlay takes."""
     if not results:
         raise VitscopeError(f"no {name} results to compare")
-    return COMPARE[name](results)
+    fig = Figure(figsize=SIZES.get(name, SIZE), layout="constrained")
+    draw(results, fig)
+    return fig
+
+
+def compare_figure(name: str, results: Sequence[Result]) -> Figure:
+    """The overlay figure analysis ``name`` declares (any registered analysis)."""
+    from ..analyses import get_analysis
+
+    draw = get_analysis(name).compare_figure()
+    if draw is None:
+        raise VitscopeError(f"analysis {name!r} declares no comparison figure")
+    return overlay(name, draw, results)
 
 
 def compare_runs(name: str, run_dirs: Sequence[str | Path], out: str | Path) -> Path:

@@ -1,24 +1,39 @@
 """Figures like the paper's, drawn from saved results only (never recomputed).
 
-One function per plot, ``plot_<what>(result, ax)``; :func:`render` draws every figure a
-result kind has and saves PNGs atomically. Colours follow the paper: depth in ``plasma``,
-grey spans for MSA units, blue spans for downsampling units.
+One function per plot, ``plot_<what>(result, ax)``, and per figure ``<name>(result, fig)``,
+which the analyses declare (``FigureSpec``); :func:`render` draws the declared figures of a
+result and saves PNGs atomically. Everything draws on ``matplotlib.figure.Figure`` objects:
+no pyplot, no backend is chosen, so a notebook keeps its own. Colours follow the paper: depth
+in ``plasma``, grey spans for MSA units, blue spans for downsampling units.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import warnings
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
-import matplotlib
+import matplotlib as mpl
+import numpy as np
+from matplotlib.cm import ScalarMappable
+from matplotlib.collections import LineCollection
+from matplotlib.colors import Normalize
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-from matplotlib.collections import LineCollection  # noqa: E402
+from ..analyses.keys import FourierKeys, LesionKeys, NoiseKeys, VarianceKeys
+from ..analyses.spec import FigureSpec, resolve_ref
+from ..io import atomic_write
+from ..results import Result
 
-from ..analyses.base import Result  # noqa: E402
-from ..io import atomic_write  # noqa: E402
+DPI = 130
+
+
+def subplots(size: tuple[float, float], *args: Any, **kwargs: Any) -> tuple[Figure, Any]:
+    """``(fig, axes)`` like ``pyplot.subplots``, on a Figure no pyplot state holds."""
+    fig = Figure(figsize=size, layout="constrained")
+    return fig, fig.subplots(*args, **kwargs)
+
 
 MSA_SPAN = dict(color="0.85", alpha=0.6, lw=0)
 DOWN_SPAN = dict(color="tab:blue", alpha=0.15, lw=0)
@@ -44,7 +59,7 @@ def _depth_line(ax, depth: np.ndarray, values: np.ndarray, marker: str) -> None:
     depth, values = depth[ok], values[ok]
     points = np.stack([depth, values], 1)
     segs = np.stack([points[:-1], points[1:]], 1)
-    lc = LineCollection(segs, cmap="plasma", norm=plt.Normalize(0, 1), lw=1.5)
+    lc = LineCollection(segs, cmap="plasma", norm=Normalize(0, 1), lw=1.5)
     lc.set_array((depth[:-1] + depth[1:]) / 2)
     ax.add_collection(lc)
     ax.scatter(
@@ -70,39 +85,51 @@ def unit_marker(units: list[dict]) -> str:
 
 def plot_fourier_curves(result: Result, ax) -> None:
     """Fig 2a: ΔLog amplitude vs frequency, one curve per unit coloured by depth."""
-    units, curves = result.values["units"], result.values["curves"]
-    cmap = plt.get_cmap("plasma")
+    units, curves = result.values[FourierKeys.UNITS], result.values[FourierKeys.CURVES]
+    cmap = mpl.colormaps["plasma"]
     for u, c in list(zip(units, curves))[:-1]:  # the last map is left out, as in the paper
         ax.plot(np.linspace(0, 1, len(c)), c, color=cmap(u["depth"]), lw=1)
     ax.set_xlabel("Frequency")
     ax.set_ylabel("ΔLog amplitude")
     ax.set_xticks([0, 0.5, 1.0], ["0.0π", "0.5π", "1.0π"])
-    sm = plt.cm.ScalarMappable(cmap=cmap, norm=plt.Normalize(0, 1))
+    sm = ScalarMappable(cmap=cmap, norm=Normalize(0, 1))
     ax.figure.colorbar(sm, ax=ax, label="Normalized depth")
     ax.set_title(result.label() or "Fourier analysis")
 
 
-def plot_high_freq(result: Result, ax) -> None:
-    """Fig 8: the ΔLog amplitude at 1.0π of every unit against normalised depth."""
-    units = result.values["units"]
+def _plot_per_unit(
+    result: Result, ax, keys: type, key: str, ylabel: str, title: str, *, ymin=None
+) -> None:
+    """``values[key]`` of every unit (``values[keys.UNITS]``) against normalised depth."""
+    units = result.values[keys.UNITS]
     shade_units(ax, units)
     depth = np.array([u["depth"] for u in units])
-    _depth_line(ax, depth, np.array(result.values["high_freq"], dtype=float), unit_marker(units))
+    _depth_line(ax, depth, np.array(result.values[key], dtype=float), unit_marker(units))
+    if ymin is not None:
+        ax.set_ylim(bottom=ymin)
     ax.autoscale_view(scalex=False)
     ax.set_xlabel("Normalized depth")
-    ax.set_ylabel("ΔLog amplitude (1.0π)")
-    ax.set_title(result.label() or "High-frequency amplitude")
+    ax.set_ylabel(ylabel)
+    ax.set_title(result.label() or title)
+
+
+def plot_high_freq(result: Result, ax) -> None:
+    """Fig 8: the ΔLog amplitude at 1.0π of every unit against normalised depth."""
+    _plot_per_unit(
+        result, ax, FourierKeys, FourierKeys.HIGH_FREQ, "ΔLog amplitude (1.0π)",
+        "High-frequency amplitude",
+    )  # fmt: skip
 
 
 def plot_fourier_maps(result: Result, fig, max_maps: int = 12) -> None:
     """2-D mean log-amplitude spectra (relative to DC) of evenly spaced units."""
-    units = result.values["units"]
+    units = result.values[FourierKeys.UNITS]
     pick = np.unique(np.linspace(0, len(units) - 1, min(max_maps, len(units))).round().astype(int))
     cols = min(6, len(pick))
     rows = int(np.ceil(len(pick) / cols))
     for k, i in enumerate(pick):
         ax = fig.add_subplot(rows, cols, k + 1)
-        a = result.arrays[f"map_{i}"]
+        a = result.arrays[FourierKeys.MAP.format(i)]
         h, w = a.shape
         ax.imshow(a - a[h // 2, w // 2], cmap="viridis", vmin=-8, vmax=0)
         ax.set_title(f"{i}: {units[i]['kind']}", fontsize=7)
@@ -113,21 +140,18 @@ def plot_fourier_maps(result: Result, fig, max_maps: int = 12) -> None:
 
 def plot_variance(result: Result, ax) -> None:
     """Fig 9: feature-map variance against normalised depth."""
-    units = result.values["units"]
-    shade_units(ax, units)
-    depth = np.array([u["depth"] for u in units])
-    _depth_line(ax, depth, np.array(result.values["variance"], dtype=float), unit_marker(units))
-    ax.set_ylim(bottom=0)
-    ax.autoscale_view(scalex=False)
-    ax.set_xlabel("Normalized depth")
-    ax.set_ylabel("Feature map variance")
-    ax.set_title(result.label() or "Feature-map variance")
+    _plot_per_unit(
+        result, ax, VarianceKeys, VarianceKeys.VARIANCE, "Feature map variance",
+        "Feature-map variance", ymin=0,
+    )  # fmt: skip
 
 
 def plot_noise(result: Result, ax) -> None:
     """Fig 2b: accuracy change under band-limited noise against the noise frequency."""
     v = result.values
-    ax.plot(v["frequencies"], v["delta_acc"], marker="o", label=result.label() or None)
+    ax.plot(
+        v[NoiseKeys.FREQUENCIES], v[NoiseKeys.DELTA_ACC], marker="o", label=result.label() or None
+    )
     ax.axhline(0, color="0.6", lw=0.8)
     ax.set_xlim(0, 1)
     ax.set_xticks([0, 0.5, 1.0], ["0.0π", "0.5π", "1.0π"])
@@ -138,16 +162,14 @@ def plot_noise(result: Result, ax) -> None:
 
 def plot_lesion(result: Result, ax) -> None:
     """Lesion study: accuracy change when each unit is removed, against depth."""
-    units = result.values["units"]
+    units, deltas = result.values[LesionKeys.UNITS], result.values[LesionKeys.DELTA_ACC]
     shade_units(ax, units)
     colours = {"msa": "tab:red", "mlp": "tab:orange", "conv": "tab:blue", "pool": "tab:green"}
-    for u, d in zip(units, result.values["delta_acc"]):
+    for u, d in zip(units, deltas):
         if d is not None:
             ax.scatter(u["depth"], d, color=colours.get(u["kind"], "k"), s=20, zorder=3)
     for kind, c in colours.items():
-        if any(
-            u["kind"] == kind and d is not None for u, d in zip(units, result.values["delta_acc"])
-        ):
+        if any(u["kind"] == kind and d is not None for u, d in zip(units, deltas)):
             ax.scatter([], [], color=c, label=kind)
     ax.axhline(0, color="0.6", lw=0.8)
     ax.set_xlim(-0.02, 1.02)
@@ -157,53 +179,69 @@ def plot_lesion(result: Result, ax) -> None:
     ax.set_title(result.label() or "Lesion study")
 
 
-def _single(plot: Callable, size=(4, 3.3)) -> Callable[[Result], plt.Figure]:
-    def draw(result: Result) -> plt.Figure:
-        fig, ax = plt.subplots(figsize=size, layout="constrained")
-        plot(result, ax)
+# ---------------------------------------------------------------------------------------------
+# the figures the analyses declare: draw(result, fig)
+
+
+def fourier_curves(result: Result, fig: Figure) -> None:
+    plot_fourier_curves(result, fig.subplots())
+
+
+def high_freq(result: Result, fig: Figure) -> None:
+    plot_high_freq(result, fig.subplots())
+
+
+def fourier_maps(result: Result, fig: Figure) -> None:
+    plot_fourier_maps(result, fig)
+
+
+def variance(result: Result, fig: Figure) -> None:
+    plot_variance(result, fig.subplots())
+
+
+def noise(result: Result, fig: Figure) -> None:
+    plot_noise(result, fig.subplots())
+
+
+def lesion(result: Result, fig: Figure) -> None:
+    plot_lesion(result, fig.subplots())
+
+
+def single(draw: Any, size: tuple[float, float] = (4.0, 3.3)) -> Any:
+    """``result -> Figure``: ``draw(result, fig)`` on a new figure of ``size``."""
+
+    def make(result: Result) -> Figure:
+        fig = Figure(figsize=size, layout="constrained")
+        draw(result, fig)
         return fig
 
-    return draw
+    return make
 
 
-def _maps(result: Result) -> plt.Figure:
-    fig = plt.figure(figsize=(9, 3.5), layout="constrained")
-    plot_fourier_maps(result, fig)
-    return fig
-
-
-FIGURES: dict[str, dict[str, Callable[[Result], plt.Figure]]] = {
-    "fourier": {
-        "fourier_curves": _single(plot_fourier_curves, (3.6, 4)),
-        "fourier_high_freq": _single(plot_high_freq),
-        "fourier_maps": _maps,
-    },
-    "variance": {"variance": _single(plot_variance)},
-    "noise": {"noise": _single(plot_noise)},
-    "lesion": {"lesion": _single(plot_lesion)},
-}
-
-
-def _register_curvature_figures() -> None:
-    from .hessian_figures import FIGURES as HESSIAN
-    from .landscape_figures import FIGURES as LANDSCAPE
-
-    FIGURES["landscape"] = LANDSCAPE
-    FIGURES["hessian"] = HESSIAN
-
-
-_register_curvature_figures()
-
-
-def save_figure(fig: plt.Figure, path: Path) -> Path:
-    atomic_write(path, lambda p: fig.savefig(p, format=path.suffix[1:], dpi=130))
-    plt.close(fig)
+def save_figure(fig: Figure, path: Path, dpi: int = DPI) -> Path:
+    """Save ``fig`` atomically, in the format of ``path``'s suffix."""
+    atomic_write(path, lambda p: fig.savefig(p, format=path.suffix[1:], dpi=dpi))
     return path
 
 
-def render(result: Result, figures_dir: str | Path) -> list[Path]:
-    """Draw every figure of a result into ``figures_dir`` as PNG; returns the paths."""
+def draw_figure(result: Result, figure: FigureSpec) -> Figure:
+    """The declared figure drawn on a new Figure of its size."""
+    fig = Figure(figsize=figure.size, layout="constrained")
+    resolve_ref(figure.draw)(result, fig)
+    return fig
+
+
+def render(result: Result, figures_dir: str | Path, figures: Sequence[FigureSpec]) -> list[Path]:
+    """Draw the declared ``figures`` of a result into ``figures_dir`` as PNG; returns the paths.
+
+    A figure that fails to draw is skipped with a warning: the result itself is never lost.
+    """
     out = []
-    for stem, draw in FIGURES.get(result.name, {}).items():
-        out.append(save_figure(draw(result), Path(figures_dir) / f"{stem}.png"))
+    for figure in figures:
+        try:
+            fig = draw_figure(result, figure)
+        except Exception as e:  # a plug-in's broken figure must not cost the result
+            warnings.warn(f"{result.name}: figure {figure.stem} failed: {e!r}", stacklevel=2)
+            continue
+        out.append(save_figure(fig, Path(figures_dir) / f"{figure.stem}.png"))
     return out

@@ -1,4 +1,5 @@
-"""Hessian spectra drawn from saved ``hessian`` results (spec §5; paper Fig 1c, Fig 4).
+"""Hessian spectra drawn from saved ``hessian`` results (``docs/methods/hessian.md``; paper Fig 1c,
+Fig 4).
 
 The paper's "max eigenvalue spectrum" is the density of all per-batch top-k (by magnitude)
 eigenvalues, drawn on a split x-axis: a negative panel and a positive panel, each with its
@@ -13,17 +14,19 @@ Plain numpy and matplotlib: results are read, never recomputed.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-import matplotlib
+import matplotlib as mpl
+import numpy as np
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+from ..analyses.keys import HessianKeys
+from .load import family
 
-if TYPE_CHECKING:
-    from ..analyses.base import Result
+if TYPE_CHECKING:  # pragma: no cover
+    from matplotlib.figure import Figure
+
+    from ..results import Result
 
 # model family (a substring of the label) -> colour; the paper: ResNet blue, ViT red
 FAMILY_COLOURS = {
@@ -38,9 +41,10 @@ GRID_POINTS = 400
 
 def top_eigenvalues(result: Result) -> np.ndarray:
     """Every batch's top-k eigenvalues of a ``hessian`` result, flat, finite values only."""
-    eig = result.arrays.get("eigenvalues")
+    eig = result.arrays.get(HessianKeys.EIGENVALUES)
     if eig is None:
-        eig = np.array([v for row in result.values["eigenvalues"] for v in row], dtype=float)
+        rows = result.values[HessianKeys.EIGENVALUES]
+        eig = np.array([v for row in rows for v in row], dtype=float)
     eig = np.asarray(eig, dtype=float).ravel()
     return eig[np.isfinite(eig)]
 
@@ -77,12 +81,12 @@ def half_density(samples: np.ndarray, grid: np.ndarray, total: int) -> np.ndarra
 
 def _styles(results: Sequence[Result]) -> list[dict]:
     """Colour by model family, dashed for a data fraction < 1; clashes take the next colour."""
-    cycle = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    cycle = mpl.rcParams["axes.prop_cycle"].by_key()["color"]
     used, out = set(), []
     for i, r in enumerate(results):
         label = r.label(f"run {i + 1}")
-        name = f"{label} {r.meta.get('model', '')}".lower()
-        colour = next((c for fam, c in FAMILY_COLOURS.items() if fam in name), cycle[0])
+        fam = family(str(r.meta.get("model", "")), r.meta.get("family")).lower()
+        colour = FAMILY_COLOURS.get(fam, cycle[0])
         fraction = r.meta.get("fraction")
         ls = "--" if isinstance(fraction, (int, float)) and fraction < 1 else "-"
         j = 0
@@ -148,13 +152,19 @@ def _split_axis(ax_neg, ax_pos) -> None:
     ax_pos.plot([0, 0], [0, 1], transform=ax_pos.transAxes, clip_on=False, **d)
 
 
-def spectrum_figure(results: Sequence[Result], size=(5.5, 3.0)) -> plt.Figure:
-    """A figure with the split spectrum of ``results`` (the negative panel narrower)."""
-    fig, axes = plt.subplots(
-        1, 2, figsize=size, layout="constrained", gridspec_kw={"width_ratios": (1, 2.5)}
-    )
+def draw_spectra(results: Sequence[Result], fig: Figure) -> None:
+    """The split spectrum of ``results`` on ``fig`` (the negative panel narrower)."""
+    axes = fig.subplots(1, 2, gridspec_kw={"width_ratios": (1, 2.5)})
     plot_hessian_spectrum(results, axes)
     fig.get_layout_engine().set(wspace=0.02)
+
+
+def spectrum_figure(results: Sequence[Result], size=(5.5, 3.0)) -> Figure:
+    """A new figure with the split spectrum of ``results``."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=size, layout="constrained")
+    draw_spectra(results, fig)
     return fig
 
 
@@ -164,8 +174,8 @@ def plot_slq_density(result: Result, ax, *, sigma: float | None = None) -> None:
     ``φ_σ(t) = mean over batches and probes of Σ_i w_i N(t; θ_i, σ²)`` from the saved
     quadrature nodes ``θ`` and weights ``w``; ``σ`` defaults to 1% of the node range.
     """
-    nodes = result.arrays.get("density_nodes")
-    weights = result.arrays.get("density_weights")
+    nodes = result.arrays.get(HessianKeys.DENSITY_NODES)
+    weights = result.arrays.get(HessianKeys.DENSITY_WEIGHTS)
     if nodes is None or weights is None or nodes.size == 0:
         ax.text(0.5, 0.5, "no SLQ density computed", ha="center", va="center")
         ax.set_axis_off()
@@ -187,18 +197,9 @@ def plot_slq_density(result: Result, ax, *, sigma: float | None = None) -> None:
     ax.set_title(f"{result.label('run 1')} Hessian ESD".strip(), fontsize=9)
 
 
-def _draw_spectrum(result: Result) -> plt.Figure:
-    return spectrum_figure([result])
+def draw_spectrum(result: Result, fig: Figure) -> None:
+    draw_spectra([result], fig)
 
 
-def _draw_density(result: Result) -> plt.Figure:
-    fig, ax = plt.subplots(figsize=(4, 3.2), layout="constrained")
-    plot_slq_density(result, ax)
-    return fig
-
-
-# single-result figures of a ``hessian`` result: file stem -> draw(result)
-FIGURES: dict[str, Callable[[Result], plt.Figure]] = {
-    "hessian_spectrum": _draw_spectrum,
-    "hessian_density": _draw_density,
-}
+def draw_density(result: Result, fig: Figure) -> None:
+    plot_slq_density(result, fig.subplots())

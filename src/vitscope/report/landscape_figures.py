@@ -2,7 +2,8 @@
 
 Paper style (the released notebook): plasma colours, ``z -= min(z)``, the 3-D surface seen
 from elev 15, azim 15. Each figure shows ``NLL + L2`` beside ``NLL`` alone, because the L2
-term dominates the sum (spec §4, issue #10). 1-D results (``dims=1``) and the centre row of
+term dominates the sum (``docs/methods/landscape.md``, issue #10). 1-D results (``dims=1``) and the
+centre row of
 2-D grids are drawn as curves; several runs overlay in :func:`plot_landscape_1d`.
 """
 
@@ -11,16 +12,16 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
-import matplotlib
+import numpy as np
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+from ..analyses.keys import LandscapeKeys
 
-if TYPE_CHECKING:
-    from ..analyses.base import Result
+if TYPE_CHECKING:  # pragma: no cover
+    from matplotlib.figure import Figure
 
-QUANTITIES = {"loss": "NLL + L2", "nll": "NLL"}
+    from ..results import Result
+
+QUANTITIES = {LandscapeKeys.LOSS: "NLL + L2", LandscapeKeys.NLL: "NLL"}
 CMAP = "plasma"
 ELEV, AZIM = 15, 15  # the released notebook's view of the surface
 
@@ -31,7 +32,8 @@ def _raw(result: Result, which: str) -> tuple[np.ndarray, np.ndarray, np.ndarray
         raise ValueError(f"which must be one of {', '.join(QUANTITIES)}, got {which!r}")
     z = np.array(result.arrays[which], dtype=float)
     z[~np.isfinite(z)] = np.nan
-    return np.asarray(result.arrays["xs"]), np.asarray(result.arrays["ys"]), z
+    xs, ys = result.arrays[LandscapeKeys.XS], result.arrays[LandscapeKeys.YS]
+    return np.asarray(xs), np.asarray(ys), z
 
 
 def _shifted(z: np.ndarray) -> np.ndarray:
@@ -44,7 +46,9 @@ def _grid(result: Result, which: str) -> tuple[np.ndarray, np.ndarray, np.ndarra
     return xs, ys, _shifted(z)
 
 
-def landscape_slice(result: Result, which: str = "loss") -> tuple[np.ndarray, np.ndarray]:
+def landscape_slice(
+    result: Result, which: str = LandscapeKeys.LOSS
+) -> tuple[np.ndarray, np.ndarray]:
     """The curve along d1 through the centre (``b = 0``): the whole grid when ``dims=1``."""
     xs, ys, z = _raw(result, which)
     return xs, z[len(ys) // 2]
@@ -54,7 +58,7 @@ def _title(result: Result, which: str) -> str:
     return f"{result.label()}  {QUANTITIES[which]}".strip()
 
 
-def plot_landscape_contour(result: Result, ax, which: str = "loss") -> None:
+def plot_landscape_contour(result: Result, ax, which: str = LandscapeKeys.LOSS) -> None:
     """Filled contours of ``z - min(z)`` over the (d1, d2) plane, θ0 marked at the centre."""
     xs, ys, z = _grid(result, which)
     cs = ax.contourf(xs, ys, np.ma.masked_invalid(z), levels=20, cmap=CMAP)
@@ -67,7 +71,7 @@ def plot_landscape_contour(result: Result, ax, which: str = "loss") -> None:
     ax.set_title(_title(result, which), fontsize=9)
 
 
-def plot_landscape_surface(result: Result, ax, which: str = "loss") -> None:
+def plot_landscape_surface(result: Result, ax, which: str = LandscapeKeys.LOSS) -> None:
     """3-D surface of ``z - min(z)``, plasma over [min, max] of z, elev 15 azim 15 (``ax``: 3d)."""
     xs, ys, z = _grid(result, which)
     x, y = np.meshgrid(xs, ys)
@@ -85,7 +89,7 @@ def plot_landscape_surface(result: Result, ax, which: str = "loss") -> None:
     ax.set_title(_title(result, which), fontsize=9)
 
 
-def plot_landscape_1d(results: Sequence[Result], ax, which: str = "loss") -> None:
+def plot_landscape_1d(results: Sequence[Result], ax, which: str = LandscapeKeys.LOSS) -> None:
     """Curves of ``z - min(z)`` along d1 through the centre, one per run, overlaid."""
     for r in results:
         xs, z = landscape_slice(r, which)
@@ -99,38 +103,32 @@ def plot_landscape_1d(results: Sequence[Result], ax, which: str = "loss") -> Non
 
 
 def _is_2d(result: Result) -> bool:
-    return len(result.arrays["ys"]) > 1
+    return len(result.arrays[LandscapeKeys.YS]) > 1
 
 
-def _pair(plot: Callable, result: Result, **subplot_kw) -> plt.Figure:
-    """``plot(result, ax, which)`` for NLL + L2 and for NLL, side by side."""
-    fig, axes = plt.subplots(
-        1, 2, figsize=(8, 3.6), layout="constrained", subplot_kw=subplot_kw or None
-    )
+def _pair(plot: Callable, result: Result, fig: Figure, **subplot_kw) -> None:
+    """``plot(result, ax, which)`` for NLL + L2 and for NLL, side by side on ``fig``."""
+    axes = fig.subplots(1, 2, subplot_kw=subplot_kw or None)
     for ax, which in zip(axes, QUANTITIES):
         plot(result, ax, which)
-    return fig
 
 
-def draw_1d(result: Result) -> plt.Figure:
+def draw_1d(result: Result, fig: Figure) -> None:
     """1-D curves (the centre row of a 2-D grid) of NLL + L2 and NLL."""
-    return _pair(lambda r, ax, which: plot_landscape_1d([r], ax, which), result)
+    _pair(lambda r, ax, which: plot_landscape_1d([r], ax, which), result, fig)
 
 
-def draw_contour(result: Result) -> plt.Figure:
+def draw_contour(result: Result, fig: Figure) -> None:
     """Contours of NLL + L2 and NLL; a 1-D result gets its curves instead."""
-    return _pair(plot_landscape_contour, result) if _is_2d(result) else draw_1d(result)
+    if _is_2d(result):
+        _pair(plot_landscape_contour, result, fig)
+    else:
+        draw_1d(result, fig)
 
 
-def draw_surface(result: Result) -> plt.Figure:
+def draw_surface(result: Result, fig: Figure) -> None:
     """3-D surfaces of NLL + L2 and NLL; a 1-D result gets its curves instead."""
-    if not _is_2d(result):
-        return draw_1d(result)
-    return _pair(plot_landscape_surface, result, projection="3d")
-
-
-FIGURES: dict[str, Callable[[Result], plt.Figure]] = {
-    "landscape_contour": draw_contour,
-    "landscape_surface": draw_surface,
-    "landscape_1d": draw_1d,
-}
+    if _is_2d(result):
+        _pair(plot_landscape_surface, result, fig, projection="3d")
+    else:
+        draw_1d(result, fig)

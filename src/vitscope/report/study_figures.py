@@ -1,6 +1,7 @@
-"""Figures across the runs of a study: overfitting (spec §6, Fig 1b), data size, build-up.
+"""Figures across the runs of a study: overfitting (``docs/methods/overfitting.md``, Fig 1b), data
+size, build-up.
 
-They read :class:`~vitscope.report.findings.StudyRun` records (metrics.jsonl and the
+They read :class:`~vitscope.report.load.StudyRun` records (metrics.jsonl and the
 ``overfitting`` results), never models:
 
 - :func:`overfitting_figure`: test error (%) vs training NLL on augmented data, one point per
@@ -17,27 +18,28 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import matplotlib
+import matplotlib as mpl
+import numpy as np
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-
-from .findings import OverfitPoint, StudyRun, family, pct  # noqa: E402
-from .hessian_figures import FAMILY_COLOURS  # noqa: E402
+from .claims.accuracy import OverfitPoint
+from .figures import subplots
+from .hessian_figures import FAMILY_COLOURS
+from .load import StudyRun, pct
 
 # the paper's markers: ResNet diamonds, ViT circles
 FAMILY_MARKERS = {"ResNet": "D", "ViT": "o", "PiT": "s", "Swin": "^", "AlterNet": "P"}
 
 
-def model_styles(models: Sequence[str]) -> dict[str, dict]:
+def model_styles(runs: Sequence[StudyRun]) -> dict[str, dict]:
     """``model -> {color, marker}``: colour by family, the next free colour for a second model
     of the same family."""
-    cycle = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    cycle = mpl.rcParams["axes.prop_cycle"].by_key()["color"]
     used: set[str] = set()
     out = {}
-    for m in dict.fromkeys(models):
-        fam = family(m)
+    families = {r.model: r.family for r in runs}
+    for m in families:
+        fam = families[m]
         colour = FAMILY_COLOURS.get(fam.lower(), cycle[len(out) % len(cycle)])
         j = 0
         while colour in used and j < len(cycle):
@@ -69,7 +71,7 @@ def overfitting_caption(points: Sequence[OverfitPoint]) -> str:
 
 def plot_overfitting(points: Sequence[OverfitPoint], ax) -> None:
     """Fig 1b: one point per run, test error (%) against training NLL, labelled by model."""
-    styles = model_styles([p.run.model for p in points])
+    styles = model_styles([p.run for p in points])
     for p in points:
         st = styles[p.run.model]
         filled = p.source == "overfitting"
@@ -93,8 +95,8 @@ def plot_overfitting(points: Sequence[OverfitPoint], ax) -> None:
     ax.grid(alpha=0.3)
 
 
-def overfitting_figure(points: Sequence[OverfitPoint]) -> plt.Figure:
-    fig, ax = plt.subplots(figsize=(5, 3.8), layout="constrained")
+def overfitting_figure(points: Sequence[OverfitPoint]) -> Figure:
+    fig, ax = subplots((5, 3.8))
     plot_overfitting(points, ax)
     ax.set_title("Test error vs training NLL", fontsize=10)
     return fig
@@ -123,17 +125,17 @@ def _lines(ax, series: dict[tuple[str, str], list[tuple[float, float, bool]]], s
             )  # fmt: skip
 
 
-def small_data_figure(points: Sequence[OverfitPoint]) -> plt.Figure:
+def small_data_figure(points: Sequence[OverfitPoint]) -> Figure:
     """Test error and training NLL against the data fraction, one line per model."""
     datasets = {p.run.dataset for p in points}
-    styles = model_styles([p.run.model for p in points])
+    styles = model_styles([p.run for p in points])
     err: dict[tuple[str, str], list] = {}
     nll: dict[tuple[str, str], list] = {}
     for p in points:
         key = _line_key(p.run, datasets)
         err.setdefault(key, []).append((p.run.fraction, p.test_error, True))
         nll.setdefault(key, []).append((p.run.fraction, p.train_nll, p.source == "overfitting"))
-    fig, (ax_e, ax_n) = plt.subplots(1, 2, figsize=(7.5, 3.2), layout="constrained")
+    fig, (ax_e, ax_n) = subplots((7.5, 3.2), 1, 2)
     _lines(ax_e, err, styles)
     _lines(ax_n, nll, styles)
     for ax in (ax_e, ax_n):
@@ -146,15 +148,15 @@ def small_data_figure(points: Sequence[OverfitPoint]) -> plt.Figure:
     return fig
 
 
-def accuracy_figure(runs: Sequence[StudyRun]) -> plt.Figure:
+def accuracy_figure(runs: Sequence[StudyRun]) -> Figure:
     """Best test accuracy (%) against the data fraction, one line per model."""
     runs = [r for r in runs if r.best_acc is not None]
     datasets = {r.dataset for r in runs}
-    styles = model_styles([r.model for r in runs])
+    styles = model_styles(runs)
     series: dict[tuple[str, str], list] = {}
     for r in runs:
         series.setdefault(_line_key(r, datasets), []).append((r.fraction, 100 * r.best_acc, True))
-    fig, ax = plt.subplots(figsize=(5.5, 3.6), layout="constrained")
+    fig, ax = subplots((5.5, 3.6))
     _lines(ax, series, styles)
     _fraction_axis(ax, [r.fraction for r in runs])
     ax.set_ylabel("Best test accuracy (%)")
@@ -163,13 +165,14 @@ def accuracy_figure(runs: Sequence[StudyRun]) -> plt.Figure:
     return fig
 
 
-def buildup_figure(steps: Sequence[dict]) -> plt.Figure:
-    """Accuracy (%) against the number of MSAs of each build-up step, labelled (spec §7.2).
+def buildup_figure(steps: Sequence[dict]) -> Figure:
+    """Accuracy (%) against the number of MSAs of each build-up step, labelled
+    (``docs/methods/alternet.md``).
 
     Args:
         steps: ``{"label", "num_msas", "acc"}`` dicts (accuracy in %), in search order.
     """
-    fig, ax = plt.subplots(figsize=(5.5, 3.6), layout="constrained")
+    fig, ax = subplots((5.5, 3.6))
     x = np.array([s["num_msas"] for s in steps], float)
     y = np.array([s["acc"] for s in steps], float)
     ax.plot(x, y, color="0.6", lw=0.8, zorder=1)

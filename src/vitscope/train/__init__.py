@@ -1,34 +1,33 @@
-"""Training: the paper's recipes, metrics, checkpoints that resume."""
+"""Training: the paper's recipes, metrics, checkpoints that resume.
 
-from .checkpoint import load_checkpoint, save_checkpoint
-from .loop import NonFiniteLossError, evaluate, lr_at, predict, train_one_epoch
-from .metrics import classification_metrics
-from .trainer import (
-    TrainResult,
-    build_model,
-    evaluate_run,
-    load_data,
-    load_model,
-    load_split,
-    read_config,
-    train,
-)
+Names load on first use (PEP 562), so importing this package loads no torch.
+"""
 
-__all__ = [
-    "NonFiniteLossError",
-    "TrainResult",
-    "build_model",
-    "classification_metrics",
-    "evaluate",
-    "evaluate_run",
-    "load_checkpoint",
-    "load_data",
-    "load_model",
-    "load_split",
-    "lr_at",
-    "predict",
-    "read_config",
-    "save_checkpoint",
-    "train",
-    "train_one_epoch",
-]
+from __future__ import annotations
+
+from .._lazy import exports
+
+_EXPORTS = {
+    "load_checkpoint": ".checkpoint",
+    "save_checkpoint": ".checkpoint",
+    "NonFiniteLossError": ".loop",
+    "evaluate": ".loop",
+    "lr_at": ".loop",
+    "predict": ".loop",
+    "train_one_epoch": ".loop",
+    "classification_metrics": ".metrics",
+    "TrainResult": ".trainer",
+    "build_model": ".trainer",
+    "evaluate_run": ".trainer",
+    "load_data": ".trainer",
+    "load_model": ".trainer",
+    "load_split": ".trainer",
+    "read_config": ".trainer",
+    "train": ".trainer",
+}
+
+
+__getattr__ = exports(__name__, _EXPORTS)
+
+
+__all__ = sorted(_EXPORTS)

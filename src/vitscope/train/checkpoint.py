@@ -19,9 +19,9 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from .. import distributed
 from ..errors import VitscopeError
 from ..io import atomic_torch_save
-from . import distributed
 
 
 def rng_state() -> dict:

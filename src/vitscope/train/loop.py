@@ -20,10 +20,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .. import distributed
 from ..config import TrainConfig
 from ..data.augment import normalize, soft_cross_entropy
 from ..errors import VitscopeError
-from . import distributed
 from .metrics import classification_metrics
 
 
@@ -32,7 +32,8 @@ class NonFiniteLossError(VitscopeError):
 
 
 def lr_at(cfg: TrainConfig, epoch: int, step: int, steps_per_epoch: int) -> float:
-    """Learning rate of step ``step`` in epoch ``epoch`` (both 0-based), spec §8.
+    """Learning rate of step ``step`` in epoch ``epoch`` (both 0-based),
+    ``docs/methods/training.md``.
 
     Warm-up epochs come first and are extra: ``lr * t / (warmup_epochs * steps)`` per
     iteration, starting from 0. The main schedule is then stepped per epoch: cosine

@@ -1,4 +1,5 @@
-"""Classification metrics of a set of predictions: accuracy, NLL, ECE, Brier (spec §10).
+"""Classification metrics of a set of predictions: accuracy, NLL, ECE, Brier
+(``docs/methods/training.md``).
 
 All take logits ``(N, K)`` and integer targets ``(N,)``. NLL is averaged per *sample* (the
 paper's code averages per batch; the two differ only by the ragged last batch).

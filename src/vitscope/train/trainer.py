@@ -17,6 +17,7 @@ import torch
 import torch.nn as nn
 from tqdm.auto import tqdm
 
+from .. import distributed
 from ..config import RunConfig, TrainConfig, dump_yaml, from_dict, load_yaml, to_dict
 from ..data import BatchAugment, ImageData, balanced_subset, load_dataset
 from ..errors import VitscopeError
@@ -29,9 +30,8 @@ from ..io import (
     read_jsonl,
     write_jsonl,
 )
-from ..models import create_model
+from ..models import create_model, model_family
 from ..models.layers import use_fused_attention
-from . import distributed
 from .checkpoint import gather_rng_states, load_checkpoint, restore_rng_states, save_checkpoint
 from .loop import evaluate, train_one_epoch
 
@@ -219,7 +219,8 @@ def _resume(rd: RunDir, model: nn.Module, optimizer, cfg: RunConfig) -> dict:
 
 def _write_new_run(rd: RunDir, cfg: RunConfig, indices, model: nn.Module) -> None:
     atomic_write_text(rd.config, dump_yaml(cfg))
-    atomic_write_json(rd.provenance, provenance(seed=cfg.train.seed))
+    family = model_family(cfg.model.name)
+    atomic_write_json(rd.provenance, provenance(seed=cfg.train.seed, model_family=family))
     if indices is not None:
         atomic_write_json(
             rd.subset,
@@ -258,92 +259,16 @@ def train(cfg: RunConfig | None, out: str | Path, *, resume: bool = False) -> Tr
     t = cfg.train
     device = _device(t)
     main = distributed.is_main()
-    seed_everything(t.seed)  # the same on every rank: the same initial weights
-
-    train_set, test_set, indices = load_data(cfg)
-    info = train_set.info
-    model = build_model(cfg, info).to(device)
-    if t.sync_bn and distributed.world_size() > 1:
-        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
-    if t.channels_last:  # only 4-D tensors change layout: a ViT's patch embedding, say
-        model = model.to(memory_format=torch.channels_last)
-    optimizer = build_optimizer(cfg, model)
-    augment = build_augment(cfg, info)
-    if distributed.rank() > 0:  # every rank its own augmentation; rank 0 as one process
-        seed_everything(_rank_seed(t.seed, distributed.rank()))
-
-    start_epoch, best, elapsed, rows = 0, {"acc": -1.0}, 0.0, []
-    if resuming and rd.checkpoint("last").is_file():
-        ckpt = _resume(rd, model, optimizer, cfg)
-        start_epoch, best, elapsed = ckpt["epoch"], ckpt["best"], ckpt["elapsed"]
-        # metrics written after this checkpoint belong to an epoch that will be redone
-        rows = [r for r in read_jsonl(rd.metrics) if r["epoch"] <= start_epoch]
-    distributed.barrier()  # every rank has read the directory before rank 0 writes to it
-    if main:
-        rd.make()
-        if start_epoch:
-            write_jsonl(rd.metrics, rows)
-        else:  # new, or killed before its first epoch ended
-            _write_new_run(rd, cfg, indices, model)
+    train_set, test_set, indices, model, optimizer, augment = _build(cfg, device)
+    start_epoch, best, elapsed, rows = _start(rd, cfg, model, optimizer, indices, resuming)
     forward = _parallel(model, t, device)
-
-    images = train_set.images.to(device, non_blocking=True)
-    labels = train_set.labels.to(device, non_blocking=True)
-    test_images = test_set.images.to(device, non_blocking=True)
-    test_labels = test_set.labels.to(device, non_blocking=True)
+    data = _on_device(train_set, test_set, device)
     n_params = sum(p.numel() for p in model.parameters())
     last = dict(rows[-1]) if rows else {}
-
     for epoch in range(start_epoch, t.total_epochs):
-        generator = torch.Generator().manual_seed(t.seed * 1_000_003 + epoch)
-        bar = tqdm(
-            total=len(labels),
-            unit="img",
-            disable=not (t.progress and main),
-            leave=False,
-            desc=f"{cfg.model.name} epoch {epoch + 1}/{t.total_epochs}",
-        )
-        with use_fused_attention(t.fused_attention):
-            stats = train_one_epoch(
-                model,
-                images,
-                labels,
-                augment=augment,
-                optimizer=optimizer,
-                cfg=t,
-                epoch=epoch,
-                generator=generator,
-                forward=forward,
-                progress=_progress(bar),
-            )
-            bar.close()
-            # per-rank BatchNorm running stats differ: evaluate (and save) rank 0's everywhere
-            distributed.broadcast_tensors(list(model.buffers()))
-            test = evaluate(
-                model,
-                test_images,
-                test_labels,
-                mean=info.mean,
-                std=info.std,
-                batch_size=t.eval_batch_size,
-                amp=t.amp,
-                n_bins=t.ece_bins,
-                channels_last=t.channels_last,
-                sharded=True,
-            )
+        stats, test = _epoch(cfg, model, forward, optimizer, augment, data, train_set.info, epoch)
         elapsed += stats["seconds"]
-        last = {
-            "epoch": epoch + 1,
-            "phase": "warmup" if epoch < t.warmup_epochs else "main",
-            "lr_end": optimizer.param_groups[0]["lr"],
-            "train_loss": stats["train_loss"],
-            "train_nll": stats["train_nll"],
-            "train_acc": stats["train_acc"],
-            **{f"test_{k}": v for k, v in test.items()},
-            "images_per_s": stats["images"] / stats["seconds"],
-            "train_seconds": elapsed,
-            "params": n_params,
-        }
+        last = _metrics_row(epoch, t, optimizer, stats, test, elapsed, n_params)
         improved = test["acc"] > best["acc"]
         if improved:
             best = {**test, "epoch": epoch + 1}
@@ -352,6 +277,108 @@ def train(cfg: RunConfig | None, out: str | Path, *, resume: bool = False) -> Tr
             _save_epoch(rd, t, model, optimizer, last, best, improved, elapsed, rng_ranks)
     distributed.barrier()  # rank 0's files are complete before any rank returns
     return TrainResult(run_dir=rd.root, last=last, best=best, epochs=t.total_epochs)
+
+
+def _build(cfg: RunConfig, device: torch.device) -> tuple:
+    """Data, model, optimizer and augmentation, seeded in a fixed order (same on resume)."""
+    t = cfg.train
+    seed_everything(t.seed)  # the same on every rank: the same initial weights
+    train_set, test_set, indices = load_data(cfg)
+    model = build_model(cfg, train_set.info).to(device)
+    if t.sync_bn and distributed.world_size() > 1:
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    if t.channels_last:  # only 4-D tensors change layout: a ViT's patch embedding, say
+        model = model.to(memory_format=torch.channels_last)
+    optimizer = build_optimizer(cfg, model)
+    augment = build_augment(cfg, train_set.info)
+    if distributed.rank() > 0:  # every rank its own augmentation; rank 0 as one process
+        seed_everything(_rank_seed(t.seed, distributed.rank()))
+    return train_set, test_set, indices, model, optimizer, augment
+
+
+def _start(rd: RunDir, cfg: RunConfig, model, optimizer, indices, resuming: bool) -> tuple:
+    """``(start epoch, best, elapsed, metric rows)``: from ``last.pt`` or a new run directory."""
+    start_epoch, best, elapsed, rows = 0, {"acc": -1.0}, 0.0, []
+    if resuming and rd.checkpoint("last").is_file():
+        ckpt = _resume(rd, model, optimizer, cfg)
+        start_epoch, best, elapsed = ckpt["epoch"], ckpt["best"], ckpt["elapsed"]
+        # metrics written after this checkpoint belong to an epoch that will be redone
+        rows = [r for r in read_jsonl(rd.metrics) if r["epoch"] <= start_epoch]
+    distributed.barrier()  # every rank has read the directory before rank 0 writes to it
+    if distributed.is_main():
+        rd.make()
+        if start_epoch:
+            write_jsonl(rd.metrics, rows)
+        else:  # new, or killed before its first epoch ended
+            _write_new_run(rd, cfg, indices, model)
+    return start_epoch, best, elapsed, rows
+
+
+def _on_device(train_set, test_set, device: torch.device) -> dict[str, torch.Tensor]:
+    return {
+        "images": train_set.images.to(device, non_blocking=True),
+        "labels": train_set.labels.to(device, non_blocking=True),
+        "test_images": test_set.images.to(device, non_blocking=True),
+        "test_labels": test_set.labels.to(device, non_blocking=True),
+    }
+
+
+def _epoch(cfg: RunConfig, model, forward, optimizer, augment, data: dict, info, epoch: int):
+    """One training epoch, then the test metrics: ``(train stats, test metrics)``."""
+    t = cfg.train
+    generator = torch.Generator().manual_seed(t.seed * 1_000_003 + epoch)
+    bar = tqdm(
+        total=len(data["labels"]),
+        unit="img",
+        disable=not (t.progress and distributed.is_main()),
+        leave=False,
+        desc=f"{cfg.model.name} epoch {epoch + 1}/{t.total_epochs}",
+    )
+    with use_fused_attention(t.fused_attention):
+        stats = train_one_epoch(
+            model,
+            data["images"],
+            data["labels"],
+            augment=augment,
+            optimizer=optimizer,
+            cfg=t,
+            epoch=epoch,
+            generator=generator,
+            forward=forward,
+            progress=_progress(bar),
+        )
+        bar.close()
+        # per-rank BatchNorm running stats differ: evaluate (and save) rank 0's everywhere
+        distributed.broadcast_tensors(list(model.buffers()))
+        test = evaluate(
+            model,
+            data["test_images"],
+            data["test_labels"],
+            mean=info.mean,
+            std=info.std,
+            batch_size=t.eval_batch_size,
+            amp=t.amp,
+            n_bins=t.ece_bins,
+            channels_last=t.channels_last,
+            sharded=True,
+        )
+    return stats, test
+
+
+def _metrics_row(epoch, t, optimizer, stats: dict, test: dict, elapsed: float, n_params) -> dict:
+    """The ``metrics.jsonl`` line of an epoch."""
+    return {
+        "epoch": epoch + 1,
+        "phase": "warmup" if epoch < t.warmup_epochs else "main",
+        "lr_end": optimizer.param_groups[0]["lr"],
+        "train_loss": stats["train_loss"],
+        "train_nll": stats["train_nll"],
+        "train_acc": stats["train_acc"],
+        **{f"test_{k}": v for k, v in test.items()},
+        "images_per_s": stats["images"] / stats["seconds"],
+        "train_seconds": elapsed,
+        "params": n_params,
+    }
 
 
 def _save_epoch(rd, t, model, optimizer, row, best, improved, elapsed, rng_ranks) -> None:

@@ -1,0 +1,99 @@
+"""The result keys of the built-in analyses: one class per analysis, torch-free.
+
+Each analysis module writes its result through its class (``fourier.Keys`` is
+:class:`FourierKeys`), and every reader (figures, summaries, the report's sections and claim
+rules) reads through the same class, so a renamed key fails loudly everywhere at once. This
+module imports nothing, so the report can use it without loading torch or the analyses.
+"""
+
+from __future__ import annotations
+
+
+class FourierKeys:
+    """Keys of the ``fourier`` result (``values``; arrays ``map_<i>``, ``curve_<i>``)."""
+
+    UNITS = "units"  # the unit table (name, kind, stage, downsample, depth)
+    HIGH_FREQ = "high_freq"  # ΔLog amplitude at 1.0π, one per unit
+    CURVES = "curves"  # ΔLog amplitude curves, one per unit
+    NUM_IMAGES = "num_images"
+    MAP = "map_{}"  # array: mean centred log amplitude of unit i
+    CURVE = "curve_{}"  # array: the curve of unit i
+
+
+class VarianceKeys:
+    """Keys of the ``variance`` result."""
+
+    UNITS = "units"  # the unit table
+    VARIANCE = "variance"  # mean spatial variance, one per unit
+
+
+class NoiseKeys:
+    """Keys of the ``noise`` result (``values``; arrays ``frequencies``, ``delta_acc``)."""
+
+    FREQUENCIES = "frequencies"  # band centres, units of π
+    DELTA_ACC = "delta_acc"  # accuracy change (percentage points), one per band
+    CLEAN_ACC = "clean_acc"  # clean accuracy (%)
+    BAND_BINS = "band_bins"  # frequency bins kept per band
+    NUM_IMAGES = "num_images"
+
+
+class LesionKeys:
+    """Keys of the ``lesion`` result."""
+
+    UNITS = "units"  # the unit table
+    DELTA_ACC = "delta_acc"  # accuracy change (points) without each unit; None: not removable
+    BASE_ACC = "base_acc"  # intact accuracy (%)
+    NUM_IMAGES = "num_images"
+
+
+class OverfittingKeys:
+    """Keys of the ``overfitting`` result."""
+
+    TRAIN_NLL = "train_nll"  # mean soft-target NLL on augmented training batches
+    TRAIN_ACC = "train_acc"  # accuracy against the argmax of the soft targets
+    IMAGES = "images"
+    TRANSFORM = "transform"
+
+
+class LandscapeKeys:
+    """Keys of the ``landscape`` result (``values``; arrays ``xs``, ``ys``, the grids, d1, d2)."""
+
+    COORDS = "coords"  # {"xs": [...], "ys": [...]}
+    LOSS = "loss"  # NLL + L2 grid, rows y, columns x
+    NLL = "nll"
+    ACC = "acc"
+    L2 = "l2"
+    SECONDS = "seconds"
+    CENTER = "center"  # loss, nll, acc, l2 at θ0
+    RINGS = "rings"  # mean NLL / loss / acc over L∞ rings (r, points, nll, loss, acc, finite)
+    L2_MODE = "l2_mode"  # the L2 term: "squared", "official" or "none"
+    WEIGHT_DECAY = "weight_decay"  # the L2 coefficient
+    XS = "xs"  # array
+    YS = "ys"  # array
+
+
+class HessianKeys:
+    """Keys of the ``hessian`` result that readers use (``values``; arrays alike)."""
+
+    EIGENVALUES = "eigenvalues"  # per batch: top-k by magnitude, descending
+    LARGEST = "largest"  # per batch: the largest Ritz value
+    SMALLEST = "smallest"  # per batch: the most negative Ritz value
+    CONVERGED = "converged"  # per batch: whether Lanczos converged
+    SUMMARY = "summary"  # negative_fraction, max, min, median, top1_mean, ...
+    DENSITY = "density"  # SLQ moments per density batch
+    TRACE = "trace"  # Hutchinson estimates
+    OPERATOR = "operator"
+    DENSITY_NODES = "density_nodes"  # array (density batches, probes, steps)
+    DENSITY_WEIGHTS = "density_weights"  # array
+    OPTIONAL = (DENSITY, TRACE, DENSITY_NODES, DENSITY_WEIGHTS)  # only when computed
+
+
+__all__ = [
+    "FourierKeys",
+    "VarianceKeys",
+    "NoiseKeys",
+    "LesionKeys",
+    "OverfittingKeys",
+    "LandscapeKeys",
+    "HessianKeys",
+]

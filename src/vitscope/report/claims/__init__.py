@@ -1,0 +1,85 @@
+"""The paper's claims checked against a study's saved results (read, never recomputed).
+
+:func:`check_all` turns the :class:`~vitscope.report.load.StudyRun` records of a study into
+:class:`Finding` rows, one per rule of :data:`CHECKS` and :data:`ABLATION_CHECKS`. Every rule
+is one function with a documented rule whose thresholds are the constants of :mod:`.base`;
+its ``evidence`` gives the measured numbers and it is ``inconclusive``, with the reason, when
+the data are missing or mixed. Claims are from Park & Kim (ICLR 2022); the rules' reference
+is ``docs/methods/findings.md``.
+
+The rules, by topic: :mod:`.units` (claims 1-4), :mod:`.curvature` (5-7), :mod:`.accuracy`
+(8-9), :mod:`.robustness` (10-11), :mod:`.ablations` (GAP head, local MSA). A new claim is
+one new rule function in one of them, listed below.
+
+Plain numpy: no torch, no models, no matplotlib.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from ..load import StudyRun
+from .ablations import check_gap_head, check_local_msa
+from .accuracy import check_alternet, check_no_overfitting
+from .base import FAILS, HOLDS, INCONCLUSIVE, VERDICTS, Finding, Rule
+from .curvature import check_flat_landscape, check_hessian_negative, check_hessian_small_data
+from .robustness import check_lesion, check_noise
+from .units import (
+    check_conv_high_freq,
+    check_conv_variance,
+    check_msa_high_freq,
+    check_msa_variance,
+)
+
+#: the rules on the main runs, in the paper's order
+CHECKS: tuple[Rule, ...] = (
+    check_msa_high_freq,
+    check_conv_high_freq,
+    check_msa_variance,
+    check_conv_variance,
+    check_hessian_negative,
+    check_hessian_small_data,
+    check_flat_landscape,
+    check_no_overfitting,
+    check_alternet,
+    check_noise,
+    check_lesion,
+)
+
+#: rules that read the ablation runs too (the others read the main runs only)
+ABLATION_CHECKS: tuple[Rule, ...] = (
+    check_gap_head,
+    check_local_msa,
+)
+
+
+def check_all(runs: Sequence[StudyRun], ablations: Sequence[StudyRun] = ()) -> list[Finding]:
+    """Every claim of :data:`CHECKS`, in the paper's order, then the ablations' claims."""
+    both = [*runs, *ablations]
+    return [check(runs) for check in CHECKS] + [check(both) for check in ABLATION_CHECKS]
+
+
+__all__ = [
+    "ABLATION_CHECKS",
+    "CHECKS",
+    "FAILS",
+    "HOLDS",
+    "INCONCLUSIVE",
+    "VERDICTS",
+    "Finding",
+    "Rule",
+    "check_all",
+    "check_msa_high_freq",
+    "check_conv_high_freq",
+    "check_msa_variance",
+    "check_conv_variance",
+    "check_hessian_negative",
+    "check_hessian_small_data",
+    "check_flat_landscape",
+    "check_no_overfitting",
+    "check_alternet",
+    "check_noise",
+    "check_lesion",
+    "check_gap_head",
+    "check_local_msa",
+]

@@ -1,0 +1,56 @@
+"""The generic section: every analysis no paper section covers (a plug-in, a new built-in).
+
+Its numbers are the ``summary`` the analysis declared (saved with each result) and its figures
+the PNGs drawn when it ran (listed in the result), copied beside the report.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+from ..blocks import Block, Heading, Plot, Table, gallery, num, save_png, slug
+from ..load import StudyRun
+from .common import not_run, with_result
+
+# the analyses the paper sections cover, in the coverage table's order; any other analysis gets
+# a generic section (:func:`section_other`)
+PAPER_ANALYSES = ("overfitting", "landscape", "hessian", "fourier", "variance", "noise", "lesion")
+
+
+def other_analyses(runs: Sequence[StudyRun]) -> list[str]:
+    """Analyses with results in the runs that no paper section covers (plug-ins, new ones)."""
+    found = {a for r in runs for a in (*r.results, *r.errors)}
+    return sorted(found - set(PAPER_ANALYSES))
+
+
+def section_other(runs: Sequence[StudyRun], out_dir: Path) -> list[Block]:
+    """A generic section per analysis with no paper section: its summary table, its figures."""
+    names = other_analyses(runs)
+    if not names:
+        return []
+    out: list[Block] = [Heading("Other analyses", 2, "other")]
+    for name in names:
+        out.append(Heading(name, 3, slug(f"other_{name}")))
+        out += not_run(runs, name)
+        have = with_result(runs, name)
+        labels = list(dict.fromkeys(k for r in have for k in r.results[name].summary))
+        if labels:
+            rows = [[r.label, *(num(r.results[name].summary.get(k)) for k in labels)] for r in have]
+            out.append(Table(["Run", *labels], rows, id=slug(f"other_{name}_summary")))
+        out += gallery([p for r in have for p in _saved_plots(r, name, out_dir)])
+    return out
+
+
+def _saved_plots(run: StudyRun, name: str, out_dir: Path) -> list[Plot]:
+    """The figures a run's ``name`` result lists, copied to ``<out>/figures/``."""
+    plots = []
+    for file in run.results[name].figures:
+        src = run.path / "figures" / Path(file).name
+        if not src.is_file():
+            continue
+        stem = Path(file).stem
+        rel = f"figures/{slug(f'{name}_{run.name}_{stem}')}.png"
+        caption = f"{name}: {stem}, {run.label} ({run.name})."
+        plots.append(save_png(out_dir, rel, src.read_bytes(), caption))
+    return plots

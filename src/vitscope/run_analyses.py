@@ -1,0 +1,283 @@
+"""Analysing one run or any model: load inputs, run each analysis, save results and figures.
+
+``analyze`` is what ``vitscope analyze RUN_DIR`` calls: it loads the run's checkpoint and test
+split, runs each requested analysis whose result is missing (or all with ``force``), saves the
+results atomically under ``RUN_DIR/results`` and draws their figures under ``RUN_DIR/figures``.
+``analyze_model`` does the same for any ``nn.Module`` and data.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import fields, replace
+from pathlib import Path
+
+import torch.nn as nn
+
+from . import distributed as dist_utils
+from .analyses import Analysis, EvalData, TrainData, analyses, get_analysis
+from .analyses.store import PartialStore
+from .config import ConfigError, from_dict, parse_overrides, to_dict
+from .errors import VitscopeError
+from .io import RunDir
+from .results import Result
+
+
+def analysis_configs(names: Sequence[str], sets: Sequence[str] = (), device: str = "cpu") -> dict:
+    """Per-analysis Config objects from ``--set <analysis>.<field>=value`` items."""
+    overrides = parse_overrides(list(sets))
+    known = analyses()
+    unknown = sorted(set(overrides) - set(known))
+    if unknown:
+        raise ConfigError(f"--set {unknown[0]}.*: unknown analysis; valid: {', '.join(known)}")
+    configs = {}
+    for name in names:
+        spec = get_analysis(name)
+        cfg = from_dict(spec.config, overrides.get(name, {}), name)
+        has_device = any(f.name == "device" for f in fields(cfg))
+        configs[name] = replace(cfg, device=device) if has_device else cfg
+    return configs
+
+
+def parse_only(only: str | Sequence[str] | None) -> list[str]:
+    """Analysis names from ``--only`` (comma-separated or a list); None: all, in order."""
+    if only is None:
+        return list(analyses())
+    names = [n.strip() for n in (only.split(",") if isinstance(only, str) else only) if n.strip()]
+    for n in names:
+        get_analysis(n)
+    return names
+
+
+def save_result(spec: Analysis, result: Result, rd: RunDir, meta: dict | None) -> list[Path]:
+    """Rank 0: summary, meta, figures, then the result itself; partial files go last."""
+    from .report.figures import render
+
+    result.meta.update(meta or {})
+    result.summary = spec.summarize(result)
+    figs = render(result, rd.figures, spec.figures)
+    result.figures = [f.name for f in figs]
+    result.save(rd.results)
+    PartialStore(rd.results, spec.name).clear()  # superseded by the result
+    return figs
+
+
+def analyze_model(
+    model: nn.Module,
+    data: EvalData,
+    out_dir: str | Path,
+    *,
+    only: str | Sequence[str] | None = None,
+    sets: Sequence[str] = (),
+    device: str = "cpu",
+    spec: Mapping | None = None,
+    force: bool | Sequence[str] = False,
+    meta: dict | None = None,
+    train_data: TrainData | None = None,
+    log: Callable[[str], None] = print,
+) -> dict[str, Path]:
+    """Run analyses on any model and save results + figures under ``out_dir``.
+
+    Args:
+        model: the model (moved to ``device``; left in eval mode).
+        data: test images.
+        train_data: augmented training batches, for analyses with ``split="train"``
+            (Hessian, landscape, overfitting); without it those analyses are refused.
+        out_dir: a run directory (``results/`` and ``figures/`` go inside).
+        only: analysis names (comma-separated or a list); default all.
+        sets: ``<analysis>.<field>=value`` overrides of the analysis configs.
+        device: where to run.
+        spec: block patterns for models that do not list their blocks.
+        force: recompute results that already exist (all, or the named analyses).
+        meta: extra context stored with each result (model name, checkpoint, ...).
+        log: where progress lines go.
+
+    Under torchrun every rank calls this with the same arguments: the analyses shard their
+    work over the ranks, and rank 0 alone writes results and figures and logs.
+
+    Returns:
+        Analysis name -> path of its JSON result.
+    """
+    device = str(dist_utils.init(device))
+    main = dist_utils.is_main()
+    rd = RunDir(Path(out_dir))
+    names = parse_only(only)
+    configs = analysis_configs(names, sets, device)
+    model = model.to(device).eval()
+    done = {}
+    for name in names:
+        path = rd.results / f"{name}.json"
+        redo = force if isinstance(force, bool) else name in force
+        # rank 0 decides, so no rank skips an analysis the others run
+        if dist_utils.broadcast_object(Result.exists(rd.results, name) and not redo):
+            if main:
+                log(f"{name}: exists, skipped ({path})")
+            done[name] = path
+            continue
+        analysis = get_analysis(name)
+        if analysis.split == "train" and train_data is None:
+            raise VitscopeError(f"{name} needs training data: run it on a run directory")
+        inputs = train_data if analysis.split == "train" else data
+        result = analysis.execute(model, inputs, configs[name], workdir=rd.results, blocks=spec)
+        if main:
+            figs = save_result(analysis, result, rd, meta)
+            figures = f"  figures: {', '.join(f.name for f in figs)}" if figs else ""
+            log(f"{name}: {path}{figures}")
+        dist_utils.barrier()  # the result is on disk before any rank goes on
+        done[name] = path
+    return done
+
+
+def _checkpoints(rd: RunDir, names: Sequence[str], checkpoint: str | None) -> dict[str, list]:
+    """Checkpoint -> the analyses run on it: ``checkpoint``, else each one's default."""
+    by_ckpt: dict[str, list[str]] = {}
+    for name in names:
+        ckpt = checkpoint or get_analysis(name).default_checkpoint
+        if checkpoint is None and not rd.checkpoint(ckpt).is_file():
+            ckpt = "best"
+        by_ckpt.setdefault(ckpt, []).append(name)
+    return by_ckpt
+
+
+def train_data_of(cfg) -> TrainData:
+    """The run's training subset with its training transform, as augmented batches."""
+    from .train.trainer import build_augment, load_data
+
+    train_set, _, _ = load_data(cfg)
+    return TrainData(
+        train_set.images,
+        train_set.labels,
+        build_augment(cfg, train_set.info),
+        train_set.info.num_classes,
+        cfg.train.weight_decay,
+        to_dict(cfg.augment),
+    )
+
+
+def run_meta(cfg, run_dir: str | Path, ckpt: str) -> dict:
+    """Context stored with each result of a run: model, family, dataset, checkpoint, label."""
+    from .models import model_family
+
+    frac = cfg.data.fraction
+    return {
+        "model": cfg.model.name,
+        "family": model_family(cfg.model.name),
+        "dataset": cfg.data.name,
+        "fraction": frac,
+        "checkpoint": ckpt,
+        "run": str(run_dir),
+        "label": cfg.model.name + (f" ({frac:.0%})" if frac < 1 else ""),
+    }
+
+
+def analyze(
+    run_dir: str | Path,
+    *,
+    only: str | Sequence[str] | None = None,
+    checkpoint: str | None = None,
+    device: str = "cpu",
+    sets: Sequence[str] = (),
+    force: bool | Sequence[str] = False,
+    log: Callable[[str], None] = print,
+) -> dict[str, Path]:
+    """Analyse a trained run on its own data (see :func:`analyze_model`).
+
+    Each analysis runs on ``checkpoint`` if given, else on its declared
+    ``default_checkpoint`` (``best`` for most; ``warmup`` for the Hessian, as in the paper),
+    falling back to ``best`` when the run has no such snapshot. The checkpoint used is stored
+    in each result's ``meta``. Under torchrun every rank calls it (see :func:`analyze_model`).
+    """
+    from .train import load_model, load_split
+
+    device = str(dist_utils.init(device))
+    rd = RunDir.existing(run_dir)
+    names = parse_only(only)
+    analysis_configs(names, sets, device)  # fail on bad values before loading anything
+    done: dict[str, Path] = {}
+    test_data = train_data = None
+    for ckpt, group in _checkpoints(rd, names, checkpoint).items():
+        model, cfg = load_model(run_dir, ckpt, device=device)
+        if test_data is None:
+            test_data = EvalData.from_image_data(load_split(cfg, train=False))
+        if train_data is None and any(get_analysis(n).split == "train" for n in group):
+            train_data = train_data_of(cfg)
+        done.update(
+            analyze_model(
+                model,
+                test_data,
+                run_dir,
+                train_data=train_data,
+                only=group,
+                sets=sets,
+                device=device,
+                force=force,
+                meta=run_meta(cfg, run_dir, ckpt),
+                log=log,
+            )
+        )
+    return {n: done[n] for n in names}
+
+
+def load_user_model(target: str, checkpoint: str | None = None) -> nn.Module:
+    """``path/to/file.py:builder`` -> ``builder()``, with an optional state dict loaded.
+
+    The checkpoint may be a raw ``state_dict`` or a dict holding one under ``model`` or
+    ``state_dict``.
+    """
+    file, sep, func = target.rpartition(":")
+    if not sep or not file or not func:
+        raise VitscopeError(f"--model-file expects path/to/file.py:function, got {target!r}")
+    path = Path(file)
+    if not path.is_file():
+        raise VitscopeError(f"model file {path} does not exist")
+    spec = importlib.util.spec_from_file_location(f"vitscope_user_{path.stem}", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    builder = getattr(module, func, None)
+    if builder is None:
+        raise VitscopeError(f"{path} has no function {func!r}")
+    model = builder()
+    if not isinstance(model, nn.Module):
+        raise VitscopeError(f"{target} returned {type(model).__name__}, not an nn.Module")
+    if checkpoint:
+        _load_state(model, checkpoint, target)
+    return model
+
+
+def _load_state(model: nn.Module, checkpoint: str, target: str) -> None:
+    from .train import load_checkpoint
+
+    state = load_checkpoint(checkpoint)
+    state = state.get("model", state.get("state_dict", state)) if isinstance(state, dict) else state
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as e:
+        first = str(e).strip().splitlines()[0]
+        raise VitscopeError(f"checkpoint {checkpoint} does not fit {target}: {first}") from None
+
+
+def parse_blocks_spec(text: str | None) -> dict | None:
+    """The ``--blocks`` JSON mapping of kind -> pattern(s)."""
+    if not text:
+        return None
+    try:
+        spec = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise VitscopeError(f"--blocks is not valid JSON ({e.msg} at column {e.colno})") from None
+    if not isinstance(spec, dict):
+        raise VitscopeError('--blocks must be a JSON object like {"msa": "blocks.*.attn"}')
+    return spec
+
+
+__all__ = [
+    "analysis_configs",
+    "analyze",
+    "analyze_model",
+    "load_user_model",
+    "parse_blocks_spec",
+    "parse_only",
+]
