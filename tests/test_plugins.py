@@ -202,3 +202,25 @@ def test_the_reading_layer_loads_no_torch_and_import_has_no_side_effects():
     )
     env = {**os.environ, "MPLBACKEND": "module://inline-test"}
     subprocess.run([sys.executable, "-c", code], check=True, env=env)
+
+
+def test_a_study_names_its_plugins_and_reproduce_runs_them(plugin_dir, folder_data, tmp_path):
+    from vitscope.config import from_dict
+    from vitscope.study import StudyConfig, reproduce
+
+    data = {
+        "name": "plug",
+        "models": ["resnet_tiny"],
+        "run": {
+            "train": {"epochs": 1, "warmup_epochs": 0, "batch_size": 16, "progress": False},
+            "data": {"name": "folder", "root": str(folder_data)},
+        },
+        "analyses": {"entropy": {"num_images": 16}, "variance": {"num_images": 16}},
+        "plugins": ["toyplug.entropy"],
+    }
+    report = reproduce(from_dict(StudyConfig, data, "study"), tmp_path / "s", log=lambda s: None)
+    results = tmp_path / "s" / "runs" / "resnet_tiny-f1" / "results"
+    assert (results / "entropy.json").is_file() and (results / "variance.json").is_file()
+    md = report.with_suffix(".md").read_text()
+    assert "### entropy" in md and "mean entropy (nats)" in md
+    assert "plugins:\n- toyplug.entropy" in (tmp_path / "s" / "study.yaml").read_text()

@@ -11,7 +11,8 @@ They read :class:`~vitscope.report.load.StudyRun` records (metrics.jsonl and the
 - :func:`small_data_figure`: test error and training NLL vs the data fraction, a line per model.
 - :func:`accuracy_figure`: best test accuracy vs the data fraction, a line per model
   (AlterNet vs ResNet vs ViT ...).
-- :func:`buildup_figure`: accuracy vs the number of MSAs of an AlterNet build-up (§7.2).
+- :func:`buildup_figure`: accuracy vs the number of MSAs of an AlterNet build-up
+  (``docs/methods/alternet.md``).
 """
 
 from __future__ import annotations

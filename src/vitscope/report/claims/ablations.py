@@ -43,7 +43,8 @@ def check_gap_head(runs: Sequence[StudyRun]) -> Finding:
         "of negative top-k Hessian eigenvalues, a tie broken by |λmin|/λmax (mean over "
         "batches). Holds if the GAP run has fewer in every decided pair, does not hold if in "
         "none, else (or if every pair is tied) inconclusive. "
-        "Paper: §5 (smoothing methods such as GAP suppress negative eigenvalues)."
+        "Paper: docs/methods/hessian.md (smoothing methods such as GAP suppress negative "
+        "eigenvalues)."
     )
     groups: dict[tuple, dict[str, list[StudyRun]]] = {}
     for r in runs:

@@ -83,7 +83,7 @@ def check_no_overfitting(runs: Sequence[StudyRun]) -> Finding:
         f"on augmented data (`overfitting.values.{OverfittingKeys.TRAIN_NLL}`; else the last "
         "`train_nll` of metrics.jsonl) and the test error of the best epoch. Holds if ρ > "
         f"{OVERFIT_RHO_MIN:g} for every dataset with ≥ {MIN_OVERFIT_RUNS} runs, does not hold if "
-        "ρ ≤ that for every one, else inconclusive. Paper: Fig 1b (§6)."
+        "ρ ≤ that for every one, else inconclusive. Paper: Fig 1b (docs/methods/overfitting.md)."
     )
     pts = overfit_points(runs)
     by_data: dict[str, list[OverfitPoint]] = {}
@@ -115,12 +115,14 @@ def check_no_overfitting(runs: Sequence[StudyRun]) -> Finding:
 
 
 def check_alternet(runs: Sequence[StudyRun]) -> Finding:
-    """Claim 9: AlterNet is at least as accurate as ResNet (§7.2, §11: 84.02% vs 82.48%)."""
+    """Claim 9: AlterNet is at least as accurate as ResNet (84.02% vs 82.48% on CIFAR-100:
+    ``docs/methods/alternet.md``, ``docs/methods/paper-numbers.md``)."""
     claim = "AlterNet is at least as accurate as ResNet"
     detail = (
         "Best test accuracy (metrics.jsonl) of AlterNet vs ResNet runs on the same dataset and "
         f"fraction (best over runs). Holds if AlterNet ≥ ResNet - {ALTERNET_MARGIN:g} points at "
-        "every such fraction, does not hold if at none, else inconclusive. Paper: §7.2, §11 "
+        "every such fraction, does not hold if at none, else inconclusive. Paper: "
+        "docs/methods/alternet.md; docs/methods/paper-numbers.md "
         "(CIFAR-100: 84.02% vs 82.48%)."
     )
     best: dict[tuple, dict[str, float]] = {}

@@ -114,7 +114,7 @@ def check_hessian_negative(runs: Sequence[StudyRun]) -> Finding:
         f"(`hessian.values.{HessianKeys.EIGENVALUES}`), ViT vs ResNet runs on the same dataset "
         "and fraction (mean over runs). Holds if ViT's share exceeds ResNet's by > "
         f"{HESSIAN_NEG_MARGIN:g} at every such fraction, does not hold if at none, else "
-        "inconclusive. Paper: Fig 1c, Fig 4 (§5)."
+        "inconclusive. Paper: Fig 1c, Fig 4 (docs/methods/hessian.md)."
     )
     pairs, why = family_pairs(runs, "ViT", "ResNet", "hessian", negative_share)
     if not pairs:
@@ -168,7 +168,7 @@ def check_flat_landscape(runs: Sequence[StudyRun]) -> Finding:
         f"(`landscape.values.{LandscapeKeys.RINGS}`); (b) the mean over batches of the largest "
         "Hessian eigenvalue. Each comparison votes 'flatter' when ViT's number is smaller. "
         "Holds if all votes say ViT is flatter, does not hold if none does, else inconclusive. "
-        "Paper: Fig 1a, Fig 1c (§4, §5)."
+        "Paper: Fig 1a, Fig 1c (docs/methods/landscape.md; docs/methods/hessian.md)."
     )
     votes, parts = [], []
     pairs, why_l = family_pairs(runs, "ViT", "ResNet", "landscape", _rise)

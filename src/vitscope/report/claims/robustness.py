@@ -51,7 +51,7 @@ def check_noise(runs: Sequence[StudyRun]) -> Finding:
         f"{NOISE_HIGH_MIN:g}π (high) and f ≤ {NOISE_LOW_MAX:g}π (low), averaged over the runs "
         "of a family (`noise.values`). Holds if ResNet's high-band drop is larger than its "
         "low-band drop and ViT's low-band drop larger than its high-band drop; does not hold if "
-        "both are the other way round; else inconclusive. Paper: Fig 2b (§2)."
+        "both are the other way round; else inconclusive. Paper: Fig 2b (docs/methods/noise.md)."
     )
     fams: dict[str, list[tuple[float, float]]] = {}
     for r in runs:
@@ -109,7 +109,7 @@ def _stage_count(result: Result) -> int:
 
 
 def check_lesion(runs: Sequence[StudyRun]) -> Finding:
-    """Claim 11: MSAs at the end of a stage matter most (lesion study, §7.1)."""
+    """Claim 11: MSAs at the end of a stage matter most (lesion study, docs/methods/lesion.md)."""
     claim = "MSAs at the end of a stage matter most (removing them hurts most)"
     detail = (
         f"Lesion study (`lesion.values.{LesionKeys.DELTA_ACC}`, `{LesionKeys.UNITS}[i].stage`) "
@@ -117,7 +117,8 @@ def check_lesion(runs: Sequence[StudyRun]) -> Finding:
         "changes accuracy most (largest |ΔAcc|) the stage's last MSA? Holds if in ≥ "
         f"{HOLDS_SHARE:.0%} of such stages, does not hold if in ≤ {FAILS_SHARE:.0%}, "
         f"inconclusive in between or with < {MIN_LESION_STAGES} stages. Single-stage models "
-        "(ViT) are left out: there the middle MSAs matter most (issue #41). Paper: §7.1 (Swin "
+        "(ViT) are left out: there the middle MSAs matter most (issue #41). Paper: "
+        "docs/methods/lesion.md (Swin "
         "lesion study)."
     )
     have = [r for r in runs if "lesion" in r.results]

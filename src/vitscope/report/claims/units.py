@@ -115,14 +115,14 @@ _HIGH_FREQ = dict(
     key=FourierKeys.HIGH_FREQ,
     units=FourierKeys.UNITS,
     quantity="ΔLog amplitude at 1.0π",
-    paper="Paper: Fig 2a, Fig 8 (§1).",
+    paper="Paper: Fig 2a, Fig 8 (docs/methods/fourier.md).",
 )
 _VARIANCE = dict(
     analysis="variance",
     key=VarianceKeys.VARIANCE,
     units=VarianceKeys.UNITS,
     quantity="feature-map variance",
-    paper="Paper: Fig 9, D.1 (§3).",
+    paper="Paper: Fig 9, D.1 (docs/methods/variance.md).",
 )
 
 MSA_HIGH_FREQ = UnitClaim(

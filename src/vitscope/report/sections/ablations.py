@@ -73,7 +73,8 @@ def section_ablations(
         "Ablations: GAP vs CLS token, local MSA",
         "ablations",
         "The paper: a GAP classifier instead of the CLS token suppresses ViT's negative "
-        "Hessian eigenvalues (§5), and locality constraints (3×3 local MSA) lower both the "
+        "Hessian eigenvalues (docs/methods/hessian.md), and locality constraints (3×3 local "
+        "MSA) lower both the "
         "test error and the negative eigenvalues (Fig 7). Each ablation run (under "
         "`ablations/`) is shown next to the main runs of the same model.",
     )

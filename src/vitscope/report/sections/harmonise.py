@@ -32,7 +32,8 @@ def section_harmonise(
     out = question(
         "3. How can we harmonise MSAs with Convs?",
         "q3",
-        "The paper: MSAs at the end of a stage matter most (lesion study, §7.1), so "
+        "The paper: MSAs at the end of a stage matter most (lesion study, "
+        "docs/methods/lesion.md), so "
         "AlterNet replaces the Conv blocks at the end of stages with MSAs and outperforms "
         "CNNs (Fig 11: Alter-ResNet-50 84.02% vs ResNet-50 82.48% on CIFAR-100).",
     )
@@ -124,7 +125,8 @@ def buildup_section(study_dir: Path, figs: FigureWriter, several: bool) -> list[
     out: list[Block] = [
         Heading(title, 3, "buildup"),
         Text(
-            "The paper's rule (§7.2): replace Conv blocks with MSAs from the end of the model; "
+            "The paper's rule (docs/methods/alternet.md): replace Conv blocks with MSAs from "
+            "the end of the model; "
             "if an MSA does not help, put it at the end of an earlier stage."
         ),
     ]
