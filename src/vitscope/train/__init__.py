@@ -10,6 +10,8 @@ from .._lazy import exports
 _EXPORTS = {
     "load_checkpoint": ".checkpoint",
     "save_checkpoint": ".checkpoint",
+    "load_safetensors": ".checkpoint",
+    "save_safetensors": ".checkpoint",
     "NonFiniteLossError": ".loop",
     "evaluate": ".loop",
     "lr_at": ".loop",
