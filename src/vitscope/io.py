@@ -68,6 +68,17 @@ def atomic_write_json(path: str | Path, obj: Any) -> Path:
     return atomic_write_text(path, json.dumps(obj, indent=2, default=_json_default) + "\n")
 
 
+def atomic_write_npz(path: str | Path, arrays: dict) -> Path:
+    """Write numpy ``arrays`` as an uncompressed ``.npz`` at exactly ``path``, atomically."""
+    import numpy as np
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as f:  # a file object keeps numpy from appending ".npz"
+            np.savez(f, **arrays)
+
+    return atomic_write(path, write)
+
+
 def atomic_torch_save(obj: Any, path: str | Path) -> Path:
     import torch
 

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from .errors import VitscopeError
-from .io import atomic_write, atomic_write_json, provenance
+from .io import atomic_write_json, atomic_write_npz, provenance
 
 
 @dataclass
@@ -49,7 +49,7 @@ class Result:
         d = Path(results_dir)
         d.mkdir(parents=True, exist_ok=True)
         if self.arrays:
-            atomic_write(d / f"{self.name}.npz", lambda p: _save_npz(p, self.arrays))
+            atomic_write_npz(d / f"{self.name}.npz", self.arrays)
         body = {
             "name": self.name,
             "values": self.values,
@@ -112,11 +112,6 @@ def saved_names(results_dir: str | Path) -> list[str]:
     return sorted(
         p.stem for p in d.glob("*.json") if ".partial" not in p.name and not p.name.startswith(".")
     )
-
-
-def _save_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
-    with open(path, "wb") as f:  # a file object keeps numpy from appending ".npz"
-        np.savez(f, **arrays)
 
 
 def config_dict(cfg: Any) -> dict:

@@ -5,8 +5,9 @@ in the results folder:
 
 * ``<name>.partial.json``: ``{"version", "key", "items": {item: record}}``, rewritten
   atomically by rank 0 after each of its items (the key: what the records depend on);
-* ``<name>.partial.npz``: arrays fixed for the whole run (e.g. landscape directions), written
-  once before the key, so a key on disk means its arrays are complete;
+* ``<name>.partial.npz``: arrays fixed for the whole run (e.g. landscape directions), a
+  function of the key, written before the file that holds the key, so a key on disk means
+  its arrays are complete;
 * ``<name>.partial.rank<r>.jsonl``: under torchrun, rank ``r > 0`` appends one fsync'd line
   per finished item (:class:`~vitscope.analyses.sharding.RankLog`).
 
@@ -29,7 +30,7 @@ import numpy as np
 import torch
 
 from .. import distributed as dist_utils
-from ..io import atomic_write, atomic_write_json
+from ..io import atomic_write_json, atomic_write_npz
 from .sharding import RankLog, key_digest
 
 VERSION = 2
@@ -83,13 +84,13 @@ class PartialStore:
 
     def _resume_main(self, arrays: Callable[[], dict[str, np.ndarray]] | None) -> dict:
         records = self._load()
-        if records is None:  # a fresh start: arrays, an empty file, then the key
-            self._log.clear()
-            self.json.unlink(missing_ok=True)
+        if records is None:  # a fresh start: the arrays, then the file with the key
             if arrays is not None:
-                fixed = arrays()
-                atomic_write(self.npz, lambda p: _save_npz(p, fixed))
+                atomic_write_npz(self.npz, arrays())
             records = {}
+        # other ranks' items under this key are kept even on a fresh start (rank 0 killed
+        # before its file was written): the key fixes them, and ``arrays`` must be a
+        # function of the key (the landscape's directions are seeded), so they still fit
         for item, record in self._log.read():
             records.setdefault(_item(item), record)
         self.records = records
@@ -140,11 +141,6 @@ class PartialStore:
 
 def _json_item(item: Hashable) -> Any:
     return list(item) if isinstance(item, tuple) else item
-
-
-def _save_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
-    with open(path, "wb") as f:  # a file object keeps numpy from appending ".npz"
-        np.savez(f, **arrays)
 
 
 __all__ = ["PartialStore", "state_digest"]
