@@ -7,8 +7,14 @@ BIN := $(VENV)/bin
 FMNIST_DEB := /usr/share/datasets/fashion-mnist
 FMNIST_CACHE := $(or $(VITSCOPE_CACHE),$(HOME)/.cache/vitscope)/fashion-mnist
 DEMO_OUT ?= runs/demo
+# timm and torchvision need torchvision, which imports only beside its own torch build: they
+# live in a second venv (x86_64: torch 2.14.1 + torchvision 0.29.1, a CUDA build that pip takes
+# from this machine's local wheels; aarch64: the CPU pair 2.9.1 + 0.24.1)
+TV_VENV ?= .venv-tv
+TV_BIN := $(TV_VENV)/bin
+TV_TORCH := $(if $(filter aarch64,$(shell uname -m)),torch==2.9.1 torchvision==0.24.1,torch==2.14.1 torchvision==0.29.1)
 
-.PHONY: demo test setup dev data browser bench lint clean
+.PHONY: demo test setup dev tv data browser bench lint clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -22,7 +28,15 @@ $(VENV)/.dev: $(VENV)/.installed
 	$(BIN)/pip install -q -e '.[dev]'
 	touch $@
 
+$(TV_VENV)/.installed: pyproject.toml
+	[ -x $(TV_BIN)/python ] || $(PYTHON) -m venv $(TV_VENV)
+	$(TV_BIN)/pip install -q $(TV_TORCH)
+	$(TV_BIN)/pip install -q -e '.[timm,dev]'
+	touch $@
+
 setup: $(VENV)/.installed
+
+tv: $(TV_VENV)/.installed
 
 dev: $(VENV)/.dev
 
@@ -49,8 +63,14 @@ browser:
 demo: data
 	$(BIN)/vitscope reproduce --preset cpu-mini --out $(DEMO_OUT)
 
-test: dev data browser
-	VITSCOPE_TEST_ARTIFACTS=$(CURDIR)/runs/test-artifacts $(BIN)/python -m pytest
+# The suite in .venv (Hugging Face adapters included), then the timm/torchvision adapter tests
+# (marked tv) in .venv-tv. VITSCOPE_REQUIRE_EXTRAS: the extras each environment must have; a
+# test needing one that is missing fails, never skips.
+test: dev tv data browser
+	VITSCOPE_TEST_ARTIFACTS=$(CURDIR)/runs/test-artifacts VITSCOPE_REQUIRE_EXTRAS=transformers \
+		$(BIN)/python -m pytest -m "not tv"
+	VITSCOPE_REQUIRE_EXTRAS=timm,torchvision $(TV_BIN)/python -m pytest -m tv \
+		-p no:cacheprovider
 
 bench: setup
 	$(BIN)/python benchmarks/train_throughput.py
@@ -60,4 +80,4 @@ lint: dev
 	$(BIN)/ruff format --check src tests benchmarks
 
 clean:
-	rm -rf $(VENV) runs
+	rm -rf $(VENV) $(TV_VENV) runs

@@ -82,3 +82,17 @@ def _hvp_vs_central_differences(loss_fn, params) -> float:
 def hvp_error():
     """``hvp_error(loss_fn, params)``: see :func:`_hvp_vs_central_differences`."""
     return _hvp_vs_central_differences
+
+
+def require(module: str):
+    """Import an optional extra for a test. Where ``VITSCOPE_REQUIRE_EXTRAS`` names it
+    (comma-separated; ``make test`` names each extra in the environment that has it) a
+    missing extra fails the test module instead of skipping it, so CI cannot pass without
+    running it."""
+    import importlib
+    import os
+
+    required = {m.strip() for m in os.environ.get("VITSCOPE_REQUIRE_EXTRAS", "").split(",")}
+    if module in required:
+        return importlib.import_module(module)
+    return pytest.importorskip(module)

@@ -137,12 +137,75 @@ def test_user_spec_on_a_foreign_model():
     ]
     maps = feature_maps(model, torch.randn(2, 3, 16, 16), spec)  # 1 + 16 tokens -> 4x4
     assert [m.shape for m in maps] == [(2, 16, 4, 4)] * 4
-    with pytest.raises(VitscopeError, match="pass a spec"):
-        blocks(model)
+    # without a spec: the generic decomposition, one unit per repeated block
+    generic = blocks(model)
+    assert [(b.name, b.kind) for b in generic] == [
+        ("embed", "stem"),
+        ("blocks.0", "msa"),
+        ("blocks.1", "msa"),
+        ("fc", "head"),
+    ]
     with pytest.raises(VitscopeError, match=r"\['layers\.\*'\] match no module"):
         blocks(model, {"msa": "layers.*"})
     with pytest.raises(VitscopeError, match="unknown block kind"):
         blocks(model, {"ffn": "blocks.*.mlp"})
+
+
+def _by_hand(model: UserViT, x: torch.Tensor, drop_attn: int | None = None):
+    """The residual stream after every unit of UserViT, and its logits, computed by hand."""
+    h = rearrange(model.embed(x), "b c h w -> b (h w) c")
+    h = torch.cat([model.cls.expand(len(h), -1, -1), h], dim=1)
+    streams = []
+    for i, layer in enumerate(model.blocks):
+        a = layer.attn(h, h, h, need_weights=False)[0]
+        h = h + (torch.zeros_like(a) if i == drop_attn else a)
+        streams.append(h)
+        h = h + layer.mlp(h)
+        streams.append(h)
+    return streams, model.fc(h[:, 0])
+
+
+def test_functional_residuals_read_from_the_stream_not_the_branch():
+    """A branch spec with a tap: each map is the residual stream computed by hand (the MSA's
+    stream is the MLP's input), and the lesion zeroes the branch, not the stream."""
+    from vitscope.foreign import ForeignModel
+
+    torch.manual_seed(0)
+    model = UserViT().eval()
+    spec = {"msa": "blocks.*.attn -> blocks.*.mlp:input", "mlp": "blocks.*.mlp -> blocks.*"}
+    fm = ForeignModel(model, img_size=16, spec=spec)
+    units = blocks(fm)
+    assert [(b.name, b.kind, b.stage, b.downsample) for b in units] == [
+        ("blocks.0.attn", "msa", 1, False),
+        ("blocks.0.mlp", "mlp", 1, False),
+        ("blocks.1.attn", "msa", 1, False),
+        ("blocks.1.mlp", "mlp", 1, False),
+    ]
+    x = torch.randn(2, 3, 16, 16)
+    with torch.no_grad():
+        maps = feature_maps(fm, x)
+        streams, logits = _by_hand(model, x)
+        for got, want in zip(maps, streams):
+            want = rearrange(want[:, 1:], "b (h w) c -> b c h w", h=4)
+            torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+        # the old reading, the branch output, is not the stream
+        branch = blocks(model, {"msa": "blocks.*.attn"})
+        assert not torch.allclose(feature_maps(model, x, {"msa": "blocks.*.attn"})[0], maps[0])
+        assert len(branch) == 2
+        torch.testing.assert_close(fm(x), logits)
+        with replace_unit(fm, units[2]):
+            _, without = _by_hand(model, x, drop_attn=1)
+            torch.testing.assert_close(fm(x), without)
+        torch.testing.assert_close(fm(x), logits)  # restored
+
+
+def test_spec_taps_that_do_not_resolve_are_refused():
+    from vitscope.foreign import ForeignModel
+
+    with pytest.raises(VitscopeError, match="no module of the model"):
+        ForeignModel(UserViT(), img_size=16, spec={"msa": "blocks.*.attn -> blocks.*.nope:input"})
+    with pytest.raises(VitscopeError, match=":input or :output"):
+        ForeignModel(UserViT(), img_size=16, spec={"msa": "blocks.*.attn -> blocks.*.mlp:in"})
 
 
 def test_replace_unit_with_zero_branch_keeps_logits():

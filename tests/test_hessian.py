@@ -30,7 +30,7 @@ from vitscope.curvature import dense_hessian, flatten, unflatten
 from vitscope.data import BatchAugment
 from vitscope.data.augment import soft_cross_entropy
 from vitscope.errors import ConfigError
-from vitscope.models.layers import DropPath, use_fused_attention
+from vitscope.models.layers import DropPath, math_attention, use_fused_attention
 
 F64 = torch.float64
 WD = 0.05
@@ -188,7 +188,7 @@ def dense_reference(model: nn.Module, data: TrainData, cfg: hessian.Config, inde
             loss = loss + wd * sum(p.norm() for p in ps)
         return loss
 
-    with use_fused_attention(False):
+    with math_attention(ref):  # timm's fused attention too: it has no double backward
         return dense_hessian(loss_of_flat, flatten(params).detach())
 
 

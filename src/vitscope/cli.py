@@ -185,52 +185,105 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
     return 0
 
 
+def _foreign_model(args: argparse.Namespace):
+    """The model named by ``--timm``/``--torchvision``/``--hf``/``--model-file``, or None;
+    returns ``(model, record)`` where record is what reloads it."""
+    from . import run_analyses as study
+
+    given = [(s, getattr(args, s)) for s in ("timm", "torchvision", "hf") if getattr(args, s)]
+    if args.model_file:
+        given.append(("file", args.model_file))
+    if not given:
+        return None, None
+    if len(given) > 1:
+        raise VitscopeError("give one of --timm, --torchvision, --hf, --model-file")
+    source, name = given[0]
+    kwargs = study.parse_json_option(args.model_kwargs, "--model-kwargs")
+    spec = study.parse_blocks_spec(args.blocks)
+    mean, std = _floats(args.mean, "--mean"), _floats(args.std, "--std")
+    record = {"source": source, "name": name, "weights": args.weights, "model_kwargs": kwargs,
+              "img_size": args.img_size, "mean": mean, "std": std, "blocks": spec}  # fmt: skip
+    if source == "file":
+        from .foreign import ForeignModel
+
+        if kwargs:
+            raise VitscopeError("--model-kwargs is for --timm/--torchvision/--hf models")
+        net = study.load_user_model(name, args.weights or args.checkpoint)
+        record["weights"] = args.weights or args.checkpoint
+        if hasattr(net, "vitscope_blocks"):
+            return net, record
+        model = ForeignModel(net, name=name, source="file", img_size=args.img_size,
+                             mean=mean, std=std, spec=spec)  # fmt: skip
+        return model, record
+    from .foreign import load_foreign
+
+    model = load_foreign(source, name, weights=args.weights, model_kwargs=kwargs,
+                         img_size=args.img_size, mean=mean, std=std, spec=spec)  # fmt: skip
+    return model, record
+
+
+def _floats(text: str | None, flag: str) -> list[float] | None:
+    if not text:
+        return None
+    try:
+        return [float(v) for v in text.split(",")]
+    except ValueError:
+        raise VitscopeError(f"{flag} expects comma-separated numbers, got {text!r}") from None
+
+
 def _analyze(args: argparse.Namespace, device: str) -> tuple[str, dict]:
     from . import run_analyses as study
 
-    if args.model_file:
-        from .analyses import EvalData
-        from .data import load_dataset
-
+    model, record = _foreign_model(args)
+    if model is not None:
         if not (args.data and args.out):
-            raise VitscopeError("--model-file needs --data DATASET and --out DIR")
-        spec = study.parse_blocks_spec(args.blocks)
-        ckpt = args.checkpoint
-        model = study.load_user_model(args.model_file, ckpt)
-        data = EvalData.from_image_data(load_dataset(args.data, train=False, root=args.data_root))
-        meta = {
-            "model": args.model_file,
-            "dataset": args.data,
-            "checkpoint": ckpt,
-            "label": type(model).__name__,
-        }
-        done = study.analyze_model(
+            raise VitscopeError("a --timm/--torchvision/--hf/--model-file model needs --data "
+                                "DATASET and --out DIR")  # fmt: skip
+        done = study.analyze_foreign(
             model,
-            data,
             args.out,
+            data=args.data,
+            data_root=args.data_root,
+            fraction=args.fraction if args.fraction is not None else 1.0,
+            preset=args.preset,
             only=args.only,
             sets=args.set,
             device=device,
-            spec=spec,
             force=args.force,
-            meta=meta,
+            record=record,
         )
-        out = args.out
-    else:
-        if args.run_dir is None:
+        return args.out, done
+    if args.run_dir is None:
+        raise VitscopeError(
+            "vitscope analyze needs RUN_DIR (or --timm/--torchvision/--hf/--model-file "
+            "with --data and --out)"
+        )
+    done = study.analyze(
+        args.run_dir,
+        only=args.only,
+        checkpoint=args.checkpoint,
+        device=device,
+        sets=args.set,
+        force=args.force,
+    )
+    return args.run_dir, done
+
+
+@_plugins
+def _cmd_blocks(args: argparse.Namespace) -> int:
+    from .foreign import describe_table
+
+    model, _ = _foreign_model(args)
+    if model is None:
+        if not args.model:
             raise VitscopeError(
-                "vitscope analyze needs RUN_DIR (or --model-file with --data and --out)"
+                "vitscope blocks needs --timm/--torchvision/--hf/--model-file or --model NAME"
             )
-        done = study.analyze(
-            args.run_dir,
-            only=args.only,
-            checkpoint=args.checkpoint,
-            device=device,
-            sets=args.set,
-            force=args.force,
-        )
-        out = args.run_dir
-    return out, done
+        from .models import create_model
+
+        model = create_model(args.model, num_classes=10, img_size=args.img_size or 32)
+    print(describe_table(model))
+    return 0
 
 
 @_plugins
@@ -363,21 +416,56 @@ def _add_analyze(sub) -> None:
         help="e.g. fourier.num_images=64",
     )
     p.add_argument("--force", action="store_true", help="recompute results that already exist")
-    p.add_argument(
-        "--model-file",
-        metavar="FILE.py:FUNC",
-        help="analyse your own model: FUNC() returns an nn.Module",
-    )
-    p.add_argument(
-        "--blocks",
-        metavar="JSON",
-        help='units of your model by pattern, e.g. \'{"msa": "blocks.*.attn"}\'',
-    )
-    p.add_argument("--data", help="dataset for --model-file")
+    _foreign_flags(p)
+    p.add_argument("--data", help="dataset for a --timm/--torchvision/--hf/--model-file model")
     p.add_argument("--data-root", help="folder holding the dataset files")
-    p.add_argument("--out", help="output directory for --model-file")
+    p.add_argument("--fraction", type=float,
+                   help="training fraction the curvature analyses use (default 1)")  # fmt: skip
+    p.add_argument("--preset", default="cpu",
+                   help="training recipe whose augmentation and weight decay the curvature "
+                   "analyses use (default: cpu)")  # fmt: skip
+    p.add_argument("--out", help="run directory for a --timm/--torchvision/--hf/--model-file model")
     _plugin_flag(p)
     p.set_defaults(func=_cmd_analyze)
+
+
+def _foreign_flags(p: argparse.ArgumentParser) -> None:
+    """The flags that name a foreign model (``analyze`` and ``blocks``)."""
+    g = p.add_argument_group("a model vitscope did not train")
+    g.add_argument("--timm", metavar="NAME", help="a timm model, e.g. deit_tiny_patch16_224")
+    g.add_argument("--torchvision", metavar="NAME", help="a torchvision model, e.g. resnet50")
+    g.add_argument(
+        "--hf",
+        metavar="DIR",
+        help="a Hugging Face model folder (config.json, optional preprocessor_config.json, "
+        "model.safetensors) or its config.json",
+    )
+    g.add_argument(
+        "--model-file",
+        metavar="FILE.py:FUNC",
+        help="your own model: FUNC() returns an nn.Module",
+    )
+    g.add_argument("--weights", metavar="FILE",
+                   help="local weights: .safetensors, .pth, .pt, .bin (never a hub)")  # fmt: skip
+    g.add_argument("--model-kwargs", metavar="JSON",
+                   help='constructor arguments, e.g. \'{"num_classes": 10}\'')  # fmt: skip
+    g.add_argument("--img-size", type=int, help="the model's input side (inputs are resized)")
+    g.add_argument("--mean", metavar="M,M,M", help="the model's input mean (default: its config)")
+    g.add_argument("--std", metavar="S,S,S", help="the model's input std (default: its config)")
+    g.add_argument(
+        "--blocks",
+        metavar="JSON",
+        help='units by module-name pattern instead of the rule, e.g. \'{"msa": "blocks.*.attn"}\'',
+    )
+
+
+def _add_blocks(sub) -> None:
+    p = sub.add_parser("blocks", help="print a model's units as the analyses see them")
+    p.add_argument("--model", help="a vitscope model (vitscope list models)")
+    p.add_argument("--checkpoint", help=argparse.SUPPRESS)
+    _foreign_flags(p)
+    _plugin_flag(p)
+    p.set_defaults(func=_cmd_blocks)
 
 
 def _add_compare(sub) -> None:
@@ -466,6 +554,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train(sub)
     _add_fetch(sub)
     _add_analyze(sub)
+    _add_blocks(sub)
     _add_compare(sub)
     _add_buildup(sub)
     _add_reproduce(sub)

@@ -16,6 +16,7 @@ from dataclasses import fields, replace
 from pathlib import Path
 
 import torch.nn as nn
+import yaml
 
 from . import distributed as dist_utils
 from .analyses import Analysis, EvalData, TrainData, analyses, get_analysis
@@ -101,12 +102,20 @@ def analyze_model(
     Returns:
         Analysis name -> path of its JSON result.
     """
+    from .foreign import ForeignModel, wrap
+
     device = str(dist_utils.init(device))
     main = dist_utils.is_main()
     rd = RunDir(Path(out_dir))
     names = parse_only(only)
     configs = analysis_configs(names, sets, device)
+    model = wrap(model, spec=spec)  # a foreign model: its units, input and logits adapted
+    if isinstance(model, ForeignModel):
+        spec = None  # the wrapper applied it
+        model.bind(data.mean, data.std)
+        meta = {**model.info(), **(meta or {})}
     model = model.to(device).eval()
+    _check_classes(model, data, train_data, names, device)
     done = {}
     for name in names:
         path = rd.results / f"{name}.json"
@@ -129,6 +138,27 @@ def analyze_model(
         dist_utils.barrier()  # the result is on disk before any rank goes on
         done[name] = path
     return done
+
+
+def _check_classes(model, data: EvalData, train_data, names, device: str) -> None:
+    """Refuse analyses that score labels when the model's outputs cannot be the data's
+    classes (a 1000-class ImageNet head on CIFAR-10); Fourier and variance need no labels."""
+    import torch
+
+    scored = [n for n in names if get_analysis(n).uses_labels]
+    if not scored or len(data) == 0:
+        return
+    with torch.no_grad():
+        x, _ = next(data.batches(1, device))
+        outputs = model(x).shape[-1]
+    classes = train_data.num_classes if train_data is not None else int(data.labels.max()) + 1
+    if outputs != classes:
+        raise VitscopeError(
+            f"the model has {outputs} outputs but {data.name or 'the data'} has {classes} "
+            f"classes, so {', '.join(scored)} would score nonsense; give the model "
+            f"{classes} outputs (e.g. --model-kwargs '{{\"num_classes\": {classes}}}') or run "
+            "--only fourier,variance"
+        )
 
 
 def _checkpoints(rd: RunDir, names: Sequence[str], checkpoint: str | None) -> dict[str, list]:
@@ -194,6 +224,22 @@ def analyze(
 
     device = str(dist_utils.init(device))
     rd = RunDir.existing(run_dir)
+    record = _foreign_record(rd)
+    if record is not None:  # analysed by name earlier: the same model, data and recipe again
+        return analyze_foreign(
+            reload_foreign(record),
+            run_dir,
+            data=record["data"]["name"],
+            data_root=record["data"].get("root"),
+            fraction=float(record["data"].get("fraction") or 1.0),
+            preset=record.get("preset") or "cpu",
+            only=only,
+            sets=sets,
+            device=device,
+            force=force,
+            record={k: v for k, v in record.items() if k != "data"},
+            log=log,
+        )
     names = parse_only(only)
     analysis_configs(names, sets, device)  # fail on bad values before loading anything
     done: dict[str, Path] = {}
@@ -219,6 +265,97 @@ def analyze(
             )
         )
     return {n: done[n] for n in names}
+
+
+def analyze_foreign(
+    model: nn.Module,
+    out_dir: str | Path,
+    *,
+    data: str,
+    data_root: str | None = None,
+    fraction: float = 1.0,
+    preset: str = "cpu",
+    only: str | Sequence[str] | None = None,
+    sets: Sequence[str] = (),
+    device: str = "cpu",
+    force: bool | Sequence[str] = False,
+    spec: Mapping | None = None,
+    record: dict | None = None,
+    log: Callable[[str], None] = print,
+) -> dict[str, Path]:
+    """Every analysis on a model vitscope did not train (timm, torchvision, HF, your own).
+
+    The test split of ``data`` feeds the test analyses; the curvature analyses (overfitting,
+    landscape, Hessian) take the training split (``fraction`` of it, class-balanced) with the
+    augmentation and weight decay of the training recipe ``preset``, which each result states.
+    ``out_dir`` becomes a run directory like a trained run's (``config.yaml``, ``results/``,
+    ``figures/``), so ``vitscope report`` and ``vitscope compare`` put it beside vitscope's
+    own runs. Re-running the same command skips finished results and resumes partial ones.
+    """
+    from .config import resolve
+    from .foreign import ForeignModel, wrap
+    from .io import atomic_write_text
+    from .train import load_split
+
+    names = parse_only(only)
+    analysis_configs(names, sets, device)  # fail on bad values before loading anything
+    cfg = resolve(preset=preset, overrides={"data": {"name": data, "root": data_root,
+                                                     "fraction": fraction}})  # fmt: skip
+    test = load_split(cfg, train=False)
+    model = wrap(model, spec=spec)
+    info = model.info() if isinstance(model, ForeignModel) else {"model": type(model).__name__}
+    rd = RunDir(Path(out_dir))
+    config = {
+        "model": {"name": info["model"], "kwargs": dict((record or {}).get("model_kwargs") or {})},
+        "data": {"name": data, "fraction": fraction, "root": data_root},
+        "foreign": {**(record or {}), **info, "preset": preset},
+    }
+    text = yaml.safe_dump(config, sort_keys=False)
+    if rd.config.is_file():
+        old = yaml.safe_load(rd.config.read_text()) or {}
+        if (old.get("foreign") or {}).get("model") != info["model"] or old.get("data") != config[
+            "data"
+        ]:
+            raise VitscopeError(
+                f"{rd.root} holds results of another model or dataset ({rd.config}); "
+                "choose another --out"
+            )
+    if dist_utils.is_main():
+        rd.root.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(rd.config, text)
+    needs_train = any(get_analysis(n).split == "train" for n in names)
+    meta = {
+        "family": info.get("family", "other"),
+        "dataset": data,
+        "fraction": fraction,
+        "checkpoint": (record or {}).get("weights"),
+        "run": str(out_dir),
+        "label": info["model"] + (f" ({fraction:.0%})" if fraction < 1 else ""),
+    }
+    return analyze_model(
+        model,
+        EvalData.from_image_data(test),
+        out_dir,
+        train_data=train_data_of(cfg) if needs_train else None,
+        only=names,
+        sets=sets,
+        device=device,
+        force=force,
+        meta=meta,
+        log=log,
+    )
+
+
+def _foreign_record(rd: RunDir) -> dict | None:
+    """The ``foreign:`` record of a run directory made by :func:`analyze_foreign`, else None."""
+    try:
+        cfg = yaml.safe_load(rd.config.read_text()) or {}
+    except (OSError, yaml.YAMLError):
+        return None
+    foreign = cfg.get("foreign") if isinstance(cfg, dict) else None
+    if not isinstance(foreign, dict):
+        return None
+    return {**foreign, "data": cfg.get("data") or {}}
 
 
 def load_user_model(target: str, checkpoint: str | None = None) -> nn.Module:
@@ -260,6 +397,35 @@ def _load_state(model: nn.Module, checkpoint: str, target: str) -> None:
         raise VitscopeError(f"checkpoint {checkpoint} does not fit {target}: {first}") from None
 
 
+def parse_json_option(text: str | None, flag: str) -> dict:
+    """A JSON object given on the command line (``--model-kwargs``); empty when not given."""
+    if not text:
+        return {}
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise VitscopeError(f"{flag} is not valid JSON ({e.msg} at column {e.colno})") from None
+    if not isinstance(value, dict):
+        raise VitscopeError(f'{flag} must be a JSON object like {{"num_classes": 10}}')
+    return value
+
+
+def reload_foreign(record: Mapping) -> nn.Module:
+    """The model a foreign run directory's ``config.yaml`` recorded (``foreign:``)."""
+    from .foreign import ForeignModel, load_foreign
+
+    source, name = record.get("source"), record.get("name")
+    opts = {k: record.get(k) for k in ("img_size", "mean", "std")}
+    if source == "file":
+        net = load_user_model(name, record.get("weights"))
+        if hasattr(net, "vitscope_blocks"):
+            return net
+        return ForeignModel(net, name=name, source="file", spec=record.get("blocks"), **opts)
+    return load_foreign(source, name, weights=record.get("weights"),
+                        model_kwargs=record.get("model_kwargs"), spec=record.get("blocks"),
+                        **opts)  # fmt: skip
+
+
 def parse_blocks_spec(text: str | None) -> dict | None:
     """The ``--blocks`` JSON mapping of kind -> pattern(s)."""
     if not text:
@@ -276,6 +442,7 @@ def parse_blocks_spec(text: str | None) -> dict | None:
 __all__ = [
     "analysis_configs",
     "analyze",
+    "analyze_foreign",
     "analyze_model",
     "load_user_model",
     "parse_blocks_spec",

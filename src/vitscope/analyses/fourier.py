@@ -151,6 +151,7 @@ ANALYSIS = Analysis(
     name="fourier",
     config=Config,
     run=run,
+    uses_labels=False,
     split="test",
     figures=(
         FigureSpec("fourier_curves", "vitscope.report.figures:fourier_curves", (3.6, 4)),

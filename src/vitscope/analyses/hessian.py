@@ -49,7 +49,7 @@ from torch import nn
 from ..curvature import HessianOperator, hutchinson_trace, lanczos, slq_density
 from ..data.augment import soft_cross_entropy
 from ..errors import ConfigError, VitscopeError
-from ..models.layers import use_fused_attention
+from ..models.layers import math_attention
 from ..results import Result, config_dict
 from .base import TrainData, eval_mode
 from .keys import HessianKeys as Keys
@@ -209,7 +209,7 @@ def _inside(model, bn_mode, flags, buffers, chosen) -> Iterator[None]:
         for p, _, _ in flags:
             if id(p) not in chosen:
                 p.requires_grad_(False)
-        with use_fused_attention(False):
+        with math_attention(model):
             yield
     finally:
         with torch.no_grad():

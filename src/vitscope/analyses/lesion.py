@@ -15,6 +15,7 @@ import torch
 
 from ..errors import ConfigError
 from ..models import replace_unit
+from ..models.blocks import _zeroed
 from ..results import Result, config_dict
 from .base import EvalData, accuracy, eval_mode, feature_units, unit_table
 from .keys import LesionKeys as Keys
@@ -28,7 +29,8 @@ class Config:
 
     num_images: int = 2000  # test images per lesion
     batch_size: int = 256  # images per forward pass
-    # identity: the unit is replaced by its skip path (units whose output is the stream);
+    # identity: the unit is taken out of the stream (its residual branch zeroed, or the unit
+    # replaced by its skip path);
     # zero: the unit's output is zeroed (user specs that name residual *branches*, e.g. attn)
     mode: str = "identity"
     device: str = "cpu"  # where the model runs
@@ -52,7 +54,7 @@ def _removed(model: torch.nn.Module, block, mode: str):
         with replace_unit(model, block):
             yield model
         return
-    handle = block.module.register_forward_hook(lambda _m, _i, out: torch.zeros_like(out))
+    handle = block.module.register_forward_hook(lambda _m, _i, out: _zeroed(out))
     try:
         yield model
     finally:

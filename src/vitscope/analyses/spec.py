@@ -97,6 +97,8 @@ class Analysis:
             and claim rules read).
         description: one line for ``vitscope list analyses``.
         order: position in listings and in the default ``--only`` (built-ins: 10, 20, ...).
+        uses_labels: the analysis scores the model's predictions against labels, so the
+            model's outputs must be the data's classes (False: feature maps only).
     """
 
     name: str
@@ -111,6 +113,7 @@ class Analysis:
     keys: type | None = None
     description: str = ""
     order: int = 1000
+    uses_labels: bool = True
 
     def __post_init__(self) -> None:
         where = f"analysis {self.name!r}"

@@ -90,6 +90,7 @@ ANALYSIS = Analysis(
     name="variance",
     config=Config,
     run=run,
+    uses_labels=False,
     split="test",
     figures=(FigureSpec("variance", "vitscope.report.figures:variance"),),
     summary=summary,

@@ -40,6 +40,31 @@ def use_fused_attention(enabled: bool = True) -> Iterator[None]:
         _FUSED_ATTENTION = previous
 
 
+@contextmanager
+def math_attention(model: nn.Module | None = None) -> Iterator[None]:
+    """Attention on a path with a double backward, for any model, restored on exit.
+
+    Hessian-vector products differentiate twice; the fused kernels behind
+    ``F.scaled_dot_product_attention`` (flash, memory-efficient, fused CPU) have no double
+    backward. Inside: vitscope's :class:`Attention` takes its explicit path, every module with
+    timm's ``fused_attn`` switch has it off, and ``scaled_dot_product_attention`` (timm,
+    torchvision, Hugging Face ``sdpa``) runs on the math backend.
+    """
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    mods = model.modules() if model is not None else ()
+    switches = [m for m in mods if hasattr(m, "fused_attn")]
+    saved = [m.fused_attn for m in switches]
+    try:
+        for m in switches:
+            m.fused_attn = False
+        with use_fused_attention(False), sdpa_kernel(SDPBackend.MATH):
+            yield
+    finally:
+        for m, value in zip(switches, saved):
+            m.fused_attn = value
+
+
 def drop_path_rates(drop_path: float, n: int) -> list[float]:
     """Stochastic-depth rate of each of ``n`` units, linear in depth: ``sd * i / (n - 1)``."""
     if n <= 1:
