@@ -96,3 +96,14 @@ def require(module: str):
     if module in required:
         return importlib.import_module(module)
     return pytest.importorskip(module)
+
+
+# --set items that make every analysis quick (foreign-model CLI tests)
+SMALL = [
+    "fourier.num_images=8", "fourier.batch_size=4", "variance.num_images=8",
+    "variance.batch_size=4", "noise.frequencies=[0.2,0.8]", "noise.num_images=8",
+    "lesion.num_images=8", "overfitting.batches=1", "overfitting.batch_size=8",
+    "landscape.dims=1", "landscape.num_points=3", "landscape.batches=1",
+    "landscape.batch_size=8", "hessian.batches=1", "hessian.batch_size=8", "hessian.top_k=2",
+    "hessian.max_iter=12", "hessian.density_batches=0", "hessian.trace_batches=0",
+]  # fmt: skip

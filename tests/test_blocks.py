@@ -199,6 +199,26 @@ def test_functional_residuals_read_from_the_stream_not_the_branch():
         torch.testing.assert_close(fm(x), logits)  # restored
 
 
+def test_generic_decomposition_reads_the_stream_after_each_block():
+    """No spec, no rule: one unit per repeated block, each map the stream after it by hand."""
+    from vitscope.foreign import ForeignModel
+
+    torch.manual_seed(0)
+    model = UserViT().eval()
+    fm = ForeignModel(model, img_size=16)
+    assert fm.rule == "generic" and fm.family == "other"
+    assert [(b.kind, b.stage) for b in blocks(fm)] == [
+        ("stem", 0), ("msa", 1), ("msa", 1), ("head", 2)
+    ]  # fmt: skip
+    x = torch.randn(2, 3, 16, 16)
+    with torch.no_grad():
+        streams, _ = _by_hand(model, x)
+        maps = feature_maps(fm, x)
+    torch.testing.assert_close(maps[0], model.embed(x))
+    for got, want in zip(maps[1:], streams[1::2]):  # the stream after each whole block
+        torch.testing.assert_close(got, rearrange(want[:, 1:], "b (h w) c -> b c h w", h=4))
+
+
 def test_spec_taps_that_do_not_resolve_are_refused():
     from vitscope.foreign import ForeignModel
 

@@ -425,3 +425,84 @@ def test_backbone_can_be_wrapped():
     assert [b.kind for b in fm.vitscope_blocks()][:3] == ["stem", "msa", "mlp"]
     with pytest.raises(VitscopeError, match="not logits"):
         fm(torch.randn(1, 3, 16, 16))
+
+
+# ------------------------------------------------------------------- the CLI, by folder
+
+
+def test_cli_hf_folder_every_analysis_and_blocks(folder_data, tmp_path, capsys):
+    """``vitscope analyze --hf DIR``: a folder saved by ``save_pretrained`` (config.json and
+    model.safetensors) with a preprocessor_config.json that sets mean/std and input size;
+    all seven analyses (the Hessian through HF's sdpa attention), one run directory."""
+    import json
+
+    from conftest import SMALL
+
+    from vitscope.cli import main
+
+    torch.manual_seed(0)
+    model = scrambled(transformers.ViTForImageClassification(transformers.ViTConfig(
+        **{**VIT, "num_labels": 3})))  # fmt: skip
+    folder = tmp_path / "hf-vit"
+    model.save_pretrained(folder)
+    pre = {"image_mean": [0.5, 0.5, 0.5], "image_std": [0.5, 0.5, 0.5],
+           "size": {"height": 16, "width": 16}}  # fmt: skip
+    (folder / "preprocessor_config.json").write_text(json.dumps(pre))
+    assert main(["blocks", "--hf", str(folder)]) == 0
+    table = capsys.readouterr().out
+    assert "transformers.ViT" in table and "input of vit.layers.0.layernorm_after" in table
+    out = tmp_path / "runs" / "vit"
+    argv = ["analyze", "--hf", str(folder), "--data", "folder", "--data-root", str(folder_data),
+            "--out", str(out)] + [a for s in SMALL for a in ("--set", s)]  # fmt: skip
+    assert main(argv) == 0
+    names = {p.stem for p in (out / "results").glob("*.json")}
+    assert len(names) == 7
+    res = json.loads((out / "results" / "hessian.json").read_text())
+    assert res["meta"]["family"] == "ViT" and res["meta"]["img_size"] == 16
+    assert res["meta"]["mean"] == [0.5, 0.5, 0.5]
+    assert all(len(e) == 2 for e in res["values"]["eigenvalues"])
+    # the weights in the folder were loaded: logits equal the saved model's
+    from vitscope.foreign import load_foreign
+
+    fm = load_foreign("hf", str(folder))
+    x = torch.randn(2, 3, 16, 16)
+    with torch.no_grad():
+        torch.testing.assert_close(fm(x), model.eval()(x).logits)
+
+
+def test_hf_missing_folder_and_bad_weights_are_one_line(tmp_path, capsys):
+    from vitscope.cli import main
+
+    assert main(["blocks", "--hf", str(tmp_path / "nope")]) == 2
+    assert "no such folder or config file" in capsys.readouterr().err
+    folder = tmp_path / "hf"
+    transformers.ViTForImageClassification(transformers.ViTConfig(**VIT)).save_pretrained(folder)
+    (folder / "model.safetensors").write_bytes(b"not a safetensors file")
+    capsys.readouterr()  # save_pretrained's progress bar
+    assert main(["blocks", "--hf", str(folder)]) == 2
+    err = capsys.readouterr().err
+    assert "model.safetensors" in err and len(err.strip().splitlines()) == 1
+
+
+class _Payload:
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def __reduce__(self):
+        return (open, (self.path, "w"))
+
+
+def test_hf_folder_with_a_malicious_bin_is_refused_before_transformers_reads_it(tmp_path, capsys):
+    import pickle
+
+    from vitscope.cli import main
+
+    folder = tmp_path / "hf"
+    folder.mkdir()
+    transformers.ViTConfig(**VIT).save_pretrained(folder)
+    marker = tmp_path / "pwned"
+    (folder / "pytorch_model.bin").write_bytes(pickle.dumps({"w": _Payload(str(marker))}))
+    assert main(["blocks", "--hf", str(folder)]) == 2
+    err = capsys.readouterr().err
+    assert "refused" in err and "pytorch_model.bin" in err
+    assert not marker.exists()

@@ -11,7 +11,7 @@ import pickle
 
 import pytest
 import torch
-from conftest import require
+from conftest import SMALL, require
 from einops import rearrange
 
 from vitscope.analyses import EvalData, get_analysis, hessian
@@ -204,29 +204,6 @@ def test_hessian_of_a_timm_vit_matches_dense_float64():
     assert all(mod.fused_attn for mod in m.modules() if hasattr(mod, "fused_attn"))
 
 
-SMALL = [
-    "fourier.num_images=8",
-    "fourier.batch_size=4",
-    "variance.num_images=8",
-    "variance.batch_size=4",
-    "noise.frequencies=[0.2,0.8]",
-    "noise.num_images=8",
-    "lesion.num_images=8",
-    "overfitting.batches=1",
-    "overfitting.batch_size=8",
-    "landscape.dims=1",
-    "landscape.num_points=3",
-    "landscape.batches=1",
-    "landscape.batch_size=8",
-    "hessian.batches=1",
-    "hessian.batch_size=8",
-    "hessian.top_k=2",
-    "hessian.max_iter=12",
-    "hessian.density_batches=0",
-    "hessian.trace_batches=0",
-]
-
-
 def sets() -> list[str]:
     return [a for s in SMALL for a in ("--set", s)]
 
@@ -377,3 +354,35 @@ def test_weights_that_do_not_fit_name_the_keys(tmp_path):
         VitscopeError, match="do not fit timm resnet18: size mismatch for fc.weight"
     ):
         load_foreign("timm", "resnet18", weights=tmp_path / "w.pth")
+
+
+def test_report_puts_foreign_runs_beside_vitscope_runs(folder_data, tmp_path, capsys):
+    """A study folder with a trained vitscope run and two foreign runs (timm ConvNeXt,
+    torchvision ResNet-18): one report compares them, families from the recorded metadata."""
+    study = tmp_path / "study"
+    own = study / "runs" / "resnet_tiny"
+    train = ["train", "--data", "folder", "--data-root", str(folder_data), "--epochs", "1",
+             "--set", "train.batch_size=16", "--set", "train.warmup_epochs=0", "--no-progress",
+             "--out", str(own)]  # fmt: skip
+    assert main(train) == 0
+    assert main(["analyze", str(own), "--only", "fourier,variance", *sets()]) == 0
+    for flag, name in (("--timm", "convnext_atto"), ("--torchvision", "resnet18")):
+        out = study / "runs" / name
+        argv = analyze_argv(folder_data, out, flag, name, "--model-kwargs", '{"num_classes": 3}',
+                            "--img-size", "32", "--only", "fourier,variance")  # fmt: skip
+        assert main(argv) == 0
+    assert main(["report", str(study)]) == 0
+    html = (study / "report.html").read_text()
+    for label in ("resnet_tiny", "timm:convnext_atto", "torchvision:resnet18"):
+        assert label in html
+    from vitscope.report.load import load_runs
+
+    _, runs = load_runs([study])
+    assert {r.model: r.family for r in runs} == {
+        "resnet_tiny": "ResNet",
+        "timm:convnext_atto": "ConvNeXt",
+        "torchvision:resnet18": "ResNet",
+    }
+    assert main(["compare", "fourier", *(str(r.path) for r in runs), "--out",
+                 str(tmp_path / "f.png")]) == 0  # fmt: skip
+    assert (tmp_path / "f.png").stat().st_size > 0

@@ -9,6 +9,9 @@ The public API, re-exported here::
     maps = vitscope.feature_maps(model, images)   # one (b, c, h, w) map per residual unit
     vitscope.analyze("runs/vit_tiny", only="fourier,variance")
 
+    deit = vitscope.load_foreign("timm", "deit_tiny_patch16_224", weights="deit.safetensors")
+    vitscope.analyze_foreign(deit, "runs/deit", data="cifar10")  # every analysis, a run dir
+
 Names are loaded on first use (PEP 562), so ``import vitscope.report`` or
 ``import vitscope.results`` loads no torch. ``vitscope.train`` is the function; import the
 package's modules with ``from vitscope.train import loop``.
@@ -32,8 +35,13 @@ _EXPORTS = {
     "create_model": ".models",
     "feature_maps": ".models",
     "list_models": ".models",
+    "ForeignModel": ".foreign",
+    "describe": ".foreign",
+    "load_foreign": ".foreign",
+    "wrap": ".foreign",
     "build_report": ".report",
     "analyze": ".run_analyses",
+    "analyze_foreign": ".run_analyses",
     "analyze_model": ".run_analyses",
     "reproduce": ".study",
     "evaluate_run": ".train",

@@ -198,6 +198,8 @@ def _foreign_model(args: argparse.Namespace):
     if len(given) > 1:
         raise VitscopeError("give one of --timm, --torchvision, --hf, --model-file")
     source, name = given[0]
+    if source != "file" and getattr(args, "checkpoint", None):
+        raise VitscopeError(f"--{source} models take their weights from --weights FILE")
     kwargs = study.parse_json_option(args.model_kwargs, "--model-kwargs")
     spec = study.parse_blocks_spec(args.blocks)
     mean, std = _floats(args.mean, "--mean"), _floats(args.std, "--std")

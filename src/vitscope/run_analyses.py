@@ -83,7 +83,9 @@ def analyze_model(
     """Run analyses on any model and save results + figures under ``out_dir``.
 
     Args:
-        model: the model (moved to ``device``; left in eval mode).
+        model: the model (moved to ``device``; left in eval mode). A model that does not
+            list its units is wrapped as a :class:`~vitscope.foreign.ForeignModel` (curated
+            rule, generic decomposition or ``spec``; inputs adapted, logits unwrapped).
         data: test images.
         train_data: augmented training batches, for analyses with ``split="train"``
             (Hessian, landscape, overfitting); without it those analyses are refused.

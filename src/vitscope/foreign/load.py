@@ -111,7 +111,9 @@ def _torchvision(name: str, kwargs: dict, img_size: int | None) -> tuple[nn.Modu
     return model, {"mean": IMAGENET_MEAN, "std": IMAGENET_STD, "img_size": size}
 
 
-def _hf(target: str, kwargs: dict, img_size: int | None) -> tuple[nn.Module, dict]:
+def _hf(
+    target: str, kwargs: dict, img_size: int | None, weights: str | Path | None = None
+) -> tuple[nn.Module, dict]:
     transformers = _need("transformers", "hf")
     path = Path(target)
     if path.is_dir():
@@ -147,6 +149,10 @@ def _hf(target: str, kwargs: dict, img_size: int | None) -> tuple[nn.Module, dic
     except (ValueError, KeyError, TypeError) as e:
         first = str(e).strip().splitlines()[0]
         raise VitscopeError(f"Hugging Face model {target}: {first}") from None
+    default = ("model.safetensors", "pytorch_model.bin")
+    weights = weights or next((folder / f for f in default if (folder / f).is_file()), None)
+    if weights is not None:
+        model = _hf_pretrained(transformers, config, Path(weights), target)
     pre = {}
     pre_file = folder / "preprocessor_config.json"
     if pre_file.is_file():
@@ -156,11 +162,43 @@ def _hf(target: str, kwargs: dict, img_size: int | None) -> tuple[nn.Module, dic
             raise VitscopeError(f"{pre_file} is not readable JSON ({e})") from None
     size = img_size or _hf_size(pre) or getattr(config, "image_size", None) or 224
     info = {"mean": pre.get("image_mean"), "std": pre.get("image_std"), "img_size": size}
-    info["weights"] = next(
-        (folder / f for f in ("model.safetensors", "pytorch_model.bin") if (folder / f).is_file()),
-        None,
-    )
+    info["weights"] = str(weights) if weights is not None else None
     return model, info
+
+
+def _hf_pretrained(transformers, config, weights: Path, target: str) -> nn.Module:
+    """``from_pretrained`` on a folder holding ``config`` and ``weights`` (linked): transformers
+    maps the names a checkpoint was saved with to its current modules. The file is read as
+    data first (a pickle that would run code is refused before transformers sees it), and
+    weights that leave keys missing, unused or of another shape are refused."""
+    import os
+    import tempfile
+
+    state_dict_of(weights)  # refuses unsafe or unreadable files with one line
+    transformers.utils.logging.disable_progress_bar()  # one line per command, not a bar
+    name = "model.safetensors" if weights.suffix == ".safetensors" else "pytorch_model.bin"
+    with tempfile.TemporaryDirectory() as tmp:
+        config.save_pretrained(tmp)
+        os.symlink(weights.resolve(), Path(tmp) / name)
+        try:
+            model, report = transformers.AutoModelForImageClassification.from_pretrained(
+                tmp, config=config, local_files_only=True, output_loading_info=True
+            )
+        except (OSError, ValueError, RuntimeError) as e:
+            first = str(e).strip().splitlines()[0]
+            raise VitscopeError(f"weights {weights} do not fit {target}: {first}") from None
+    problems = [
+        f"{what} {list(report.get(key) or [])[:3]}"
+        for key, what in (
+            ("missing_keys", "missing"),
+            ("unexpected_keys", "unexpected"),
+            ("mismatched_keys", "of another shape"),
+        )  # fmt: skip
+        if report.get(key)
+    ]
+    if problems:
+        raise VitscopeError(f"weights {weights} do not fit {target}: {'; '.join(problems)}")
+    return model
 
 
 def _hf_size(pre: Mapping) -> int | None:
@@ -203,11 +241,12 @@ def load_foreign(
     if source not in SOURCES:
         raise VitscopeError(f"unknown model source {source!r}; valid: {', '.join(SOURCES)}")
     kwargs = dict(model_kwargs or {})
-    build = {"timm": _timm, "torchvision": _torchvision, "hf": _hf}[source]
-    model, info = build(name, kwargs, img_size)
-    weights_file = weights or info.get("weights")
-    if weights_file:
-        load_weights(model, weights_file, f"{source} {name}")
+    if source == "hf":  # transformers loads (and renames) the weights itself
+        model, info = _hf(name, kwargs, img_size, weights)
+    else:
+        model, info = (_timm if source == "timm" else _torchvision)(name, kwargs, img_size)
+        if weights:
+            load_weights(model, weights, f"{source} {name}")
     model.eval()
     return ForeignModel(
         model,

@@ -24,7 +24,7 @@ from ..errors import VitscopeError
 from ..io import read_jsonl
 from ..results import Result, saved_names
 
-FAMILY_ORDER = ("ResNet", "ViT", "PiT", "Swin", "AlterNet", "other")
+FAMILY_ORDER = ("ResNet", "ConvNeXt", "ViT", "PiT", "Swin", "AlterNet", "other")
 
 
 # run folders written before vitscope recorded the family: the old rule, a substring of the
