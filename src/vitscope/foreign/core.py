@@ -128,7 +128,9 @@ class ForeignModel(nn.Module):
     :class:`~vitscope.analyses.EvalData` and :class:`~vitscope.analyses.TrainData` give),
     undoes that normalisation, repeats a grey channel for a colour model, resizes to the
     model's input size and applies the model's own normalisation, then returns logits. All of
-    it is differentiable, so curvature analyses see the same function.
+    it is differentiable, so curvature analyses see the same function. Until :meth:`bind`
+    declares the dataset's statistics (``analyze_model`` does), inputs are taken as already
+    normalised for the model: only channels and size are adapted.
 
     Attributes:
         net: the wrapped model (its module names are the unit names).
@@ -231,7 +233,11 @@ def describe_table(model: nn.Module, img_size: int | None = None) -> str:
         modes = [(m, m.training) for m in model.modules()]
         model.eval()
         try:
-            maps = iter(feature_maps(model, torch.zeros(1, chans, size, size)))
+            param = next(model.parameters(), None)
+            x = torch.zeros(
+                1, chans, size, size, device=param.device if param is not None else None
+            )
+            maps = iter(feature_maps(model, x))
         finally:
             for m, training in modes:
                 m.training = training
