@@ -158,6 +158,27 @@ def test_study_writes_results_and_figures_on_rank_zero_only(sharded, reference):
     assert (work / "hessian.partial.rank1.jsonl").is_file()
 
 
+def test_a_foreign_model_shards_like_our_own(tmp_path):
+    """A model without vitscope_blocks (generic decomposition, ForeignModel) on two ranks:
+    every rank returns the single-process result, lesion and Hessian included."""
+    names = ["fourier", "lesion", "hessian"]
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        model = worker.make_foreign()
+        assert [b.kind for b in model.vitscope_blocks()] == [
+            "stem", "conv", "conv", "pool", "msa", "msa", "head"
+        ]  # fmt: skip
+        want = {name: worker.run(name, model) for name in names}
+    finally:
+        torch.set_num_threads(n)
+    launch(2, tmp_path / "out", f"--analyses={','.join(names)}", "--foreign",
+           f"--workdir={tmp_path / 'work'}")  # fmt: skip
+    for name in names:
+        for rank in (0, 1):
+            assert_same_result(Result.load(tmp_path / "out" / f"rank{rank}", name), want[name])
+
+
 # ------------------------------------------------------------------ a rank dies, the job restarts
 
 

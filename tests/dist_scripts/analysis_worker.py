@@ -1,7 +1,7 @@
 """Analyses under torchrun (or in one process), for tests/test_distributed_analyses.py.
 
     torchrun --nproc-per-node 2 --master-port P analysis_worker.py OUT --analyses a,b
-        [--workdir DIR] [--die-rank R --die-after K] [--study DIR]
+        [--workdir DIR] [--die-rank R --die-after K] [--study DIR] [--foreign]
 
 Every rank saves the Result its ``run`` returned under ``OUT/rank<r>/`` (so the test can check
 that all ranks agree) and appends each landscape point / Hessian batch it computed to
@@ -9,7 +9,8 @@ that all ranks agree) and appends each landscape point / Hessian batch it comput
 (``os._exit``, no cleanup) as it starts its (K+1)-th item, as a killed process would, leaving
 ``OUT/died.rank<R>``. With ``--study DIR`` the analyses also run through
 :func:`vitscope.run_analyses.analyze_model` into DIR; its progress lines go to
-``OUT/log.rank<r>.txt``.
+``OUT/log.rank<r>.txt``. With ``--foreign`` the model is :class:`PlainNet` (no
+``vitscope_blocks``) wrapped as a ``ForeignModel``.
 
 The tests import this file for the same model, data and configs in their own process.
 """
@@ -78,6 +79,53 @@ def make_model() -> torch.nn.Module:
     return model.eval()
 
 
+class PlainNet(torch.nn.Module):
+    """A model that knows nothing of vitscope: two residual conv blocks, a downsampling conv,
+    a self-attention block (functional residuals), global pooling, a linear head."""
+
+    class Res(torch.nn.Module):
+        def __init__(self, c: int) -> None:
+            super().__init__()
+            self.conv = torch.nn.Conv2d(c, c, 3, padding=1)
+            self.bn = torch.nn.BatchNorm2d(c)
+
+        def forward(self, x):
+            return x + torch.relu(self.bn(self.conv(x)))
+
+    class Attn(torch.nn.Module):
+        def __init__(self, c: int) -> None:
+            super().__init__()
+            self.norm = torch.nn.LayerNorm(c)
+            self.attn = torch.nn.MultiheadAttention(c, 2, batch_first=True)
+
+        def forward(self, x):  # (B, C, H, W)
+            b, c, h, w = x.shape
+            t = x.flatten(2).transpose(1, 2)
+            y = self.norm(t)
+            t = t + self.attn(y, y, y, need_weights=False)[0]
+            return t.transpose(1, 2).reshape(b, c, h, w)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = torch.nn.Conv2d(1, 8, 3, padding=1)
+        self.blocks = torch.nn.Sequential(
+            self.Res(8), self.Res(8), torch.nn.Conv2d(8, 8, 3, stride=2, padding=1),
+            self.Attn(8), self.Attn(8),
+        )  # fmt: skip
+        self.fc = torch.nn.Linear(8, 10)
+
+    def forward(self, x):
+        return self.fc(self.blocks(self.stem(x)).mean((2, 3)))
+
+
+def make_foreign() -> torch.nn.Module:
+    """PlainNet under the contract: the generic decomposition, input adapted to 16 px."""
+    from vitscope.foreign import ForeignModel
+
+    torch.manual_seed(0)
+    return ForeignModel(PlainNet(), img_size=SIZE).eval()
+
+
 def eval_data() -> EvalData:
     g = torch.Generator().manual_seed(1)
     images = torch.randint(0, 256, (12, 1, SIZE, SIZE), dtype=torch.uint8, generator=g)
@@ -134,6 +182,7 @@ def main() -> int:
     p.add_argument("--die-rank", type=int)
     p.add_argument("--die-after", type=int, default=0)
     p.add_argument("--study", type=Path)
+    p.add_argument("--foreign", action="store_true", help="PlainNet under ForeignModel")
     args = p.parse_args()
 
     torch.set_num_threads(1)
@@ -141,7 +190,7 @@ def main() -> int:
     rank = dist_utils.rank()
     args.out.mkdir(parents=True, exist_ok=True)
     instrument(args.out, args.die_rank, args.die_after)
-    model = make_model()
+    model = make_foreign() if args.foreign else make_model()
     names = [n for n in args.analyses.split(",") if n]
     for name in names:
         run(name, model, args.workdir).save(args.out / f"rank{rank}")
