@@ -200,28 +200,18 @@ def _foreign_model(args: argparse.Namespace):
     source, name = given[0]
     if source != "file" and getattr(args, "checkpoint", None):
         raise VitscopeError(f"--{source} models take their weights from --weights FILE")
-    kwargs = study.parse_json_option(args.model_kwargs, "--model-kwargs")
-    spec = study.parse_blocks_spec(args.blocks)
-    mean, std = _floats(args.mean, "--mean"), _floats(args.std, "--std")
-    record = {"source": source, "name": name, "weights": args.weights, "model_kwargs": kwargs,
-              "img_size": args.img_size, "mean": mean, "std": std, "blocks": spec}  # fmt: skip
-    if source == "file":
-        from .foreign import ForeignModel
-
-        if kwargs:
-            raise VitscopeError("--model-kwargs is for --timm/--torchvision/--hf models")
-        net = study.load_user_model(name, args.weights or args.checkpoint)
-        record["weights"] = args.weights or args.checkpoint
-        if hasattr(net, "vitscope_blocks"):
-            return net, record
-        model = ForeignModel(net, name=name, source="file", img_size=args.img_size,
-                             mean=mean, std=std, spec=spec)  # fmt: skip
-        return model, record
-    from .foreign import load_foreign
-
-    model = load_foreign(source, name, weights=args.weights, model_kwargs=kwargs,
-                         img_size=args.img_size, mean=mean, std=std, spec=spec)  # fmt: skip
-    return model, record
+    weights = args.weights or (args.checkpoint if source == "file" else None)
+    record = {
+        "source": source,
+        "name": name,
+        "weights": weights,
+        "model_kwargs": study.parse_json_option(args.model_kwargs, "--model-kwargs"),
+        "img_size": args.img_size,
+        "mean": _floats(args.mean, "--mean"),
+        "std": _floats(args.std, "--std"),
+        "blocks": study.parse_blocks_spec(args.blocks),
+    }
+    return study.foreign_from_record(record), record
 
 
 def _floats(text: str | None, flag: str) -> list[float] | None:

@@ -189,19 +189,25 @@ def train_data_of(cfg) -> TrainData:
     )
 
 
-def run_meta(cfg, run_dir: str | Path, ckpt: str) -> dict:
-    """Context stored with each result of a run: model, family, dataset, checkpoint, label."""
+def run_meta(
+    cfg, run_dir: str | Path, ckpt: str | None, *, model: str | None = None,
+    family: str | None = None,
+) -> dict:  # fmt: skip
+    """Context stored with each result of a run: model, family, dataset, checkpoint, label.
+
+    ``model`` and ``family`` name a model the config does not (a foreign model)."""
     from .models import model_family
 
     frac = cfg.data.fraction
+    model = model or cfg.model.name
     return {
-        "model": cfg.model.name,
-        "family": model_family(cfg.model.name),
+        "model": model,
+        "family": family or model_family(model),
         "dataset": cfg.data.name,
         "fraction": frac,
         "checkpoint": ckpt,
         "run": str(run_dir),
-        "label": cfg.model.name + (f" ({frac:.0%})" if frac < 1 else ""),
+        "label": model + (f" ({frac:.0%})" if frac < 1 else ""),
     }
 
 
@@ -229,7 +235,7 @@ def analyze(
     record = _foreign_record(rd)
     if record is not None:  # analysed by name earlier: the same model, data and recipe again
         return analyze_foreign(
-            reload_foreign(record),
+            foreign_from_record(record),
             run_dir,
             data=record["data"]["name"],
             data_root=record["data"].get("root"),
@@ -315,9 +321,8 @@ def analyze_foreign(
     text = yaml.safe_dump(config, sort_keys=False)
     if rd.config.is_file():
         old = yaml.safe_load(rd.config.read_text()) or {}
-        if (old.get("foreign") or {}).get("model") != info["model"] or old.get("data") != config[
-            "data"
-        ]:
+        same_model = (old.get("foreign") or {}).get("model") == info["model"]
+        if not same_model or old.get("data") != config["data"]:
             raise VitscopeError(
                 f"{rd.root} holds results of another model or dataset ({rd.config}); "
                 "choose another --out"
@@ -326,14 +331,8 @@ def analyze_foreign(
         rd.root.mkdir(parents=True, exist_ok=True)
         atomic_write_text(rd.config, text)
     needs_train = any(get_analysis(n).split == "train" for n in names)
-    meta = {
-        "family": info.get("family", "other"),
-        "dataset": data,
-        "fraction": fraction,
-        "checkpoint": (record or {}).get("weights"),
-        "run": str(out_dir),
-        "label": info["model"] + (f" ({fraction:.0%})" if fraction < 1 else ""),
-    }
+    meta = run_meta(cfg, out_dir, (record or {}).get("weights"), model=info["model"],
+                    family=info.get("family", "other"))  # fmt: skip
     return analyze_model(
         model,
         EvalData.from_image_data(test),
@@ -399,8 +398,9 @@ def _load_state(model: nn.Module, checkpoint: str, target: str) -> None:
         raise VitscopeError(f"checkpoint {checkpoint} does not fit {target}: {first}") from None
 
 
-def parse_json_option(text: str | None, flag: str) -> dict:
-    """A JSON object given on the command line (``--model-kwargs``); empty when not given."""
+def parse_json_option(text: str | None, flag: str, example: str = '{"num_classes": 10}') -> dict:
+    """A JSON object given on the command line (``--model-kwargs``, ``--blocks``); empty when
+    not given."""
     if not text:
         return {}
     try:
@@ -408,17 +408,21 @@ def parse_json_option(text: str | None, flag: str) -> dict:
     except json.JSONDecodeError as e:
         raise VitscopeError(f"{flag} is not valid JSON ({e.msg} at column {e.colno})") from None
     if not isinstance(value, dict):
-        raise VitscopeError(f'{flag} must be a JSON object like {{"num_classes": 10}}')
+        raise VitscopeError(f"{flag} must be a JSON object like {example}")
     return value
 
 
-def reload_foreign(record: Mapping) -> nn.Module:
-    """The model a foreign run directory's ``config.yaml`` recorded (``foreign:``)."""
+def foreign_from_record(record: Mapping) -> nn.Module:
+    """The model a record names: ``source`` (``timm``, ``torchvision``, ``hf``, ``file``),
+    ``name``, ``weights``, ``model_kwargs``, ``img_size``, ``mean``, ``std``, ``blocks``. The
+    CLI's flags make one; a foreign run directory's ``config.yaml`` keeps it (``foreign:``)."""
     from .foreign import ForeignModel, load_foreign
 
     source, name = record.get("source"), record.get("name")
     opts = {k: record.get(k) for k in ("img_size", "mean", "std")}
     if source == "file":
+        if record.get("model_kwargs"):
+            raise VitscopeError("--model-kwargs is for --timm/--torchvision/--hf models")
         net = load_user_model(name, record.get("weights"))
         if hasattr(net, "vitscope_blocks"):
             return net
@@ -429,16 +433,8 @@ def reload_foreign(record: Mapping) -> nn.Module:
 
 
 def parse_blocks_spec(text: str | None) -> dict | None:
-    """The ``--blocks`` JSON mapping of kind -> pattern(s)."""
-    if not text:
-        return None
-    try:
-        spec = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise VitscopeError(f"--blocks is not valid JSON ({e.msg} at column {e.colno})") from None
-    if not isinstance(spec, dict):
-        raise VitscopeError('--blocks must be a JSON object like {"msa": "blocks.*.attn"}')
-    return spec
+    """The ``--blocks`` JSON mapping of kind -> pattern(s); None when not given."""
+    return parse_json_option(text, "--blocks", '{"msa": "blocks.*.attn"}') if text else None
 
 
 __all__ = [

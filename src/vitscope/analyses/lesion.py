@@ -15,7 +15,7 @@ import torch
 
 from ..errors import ConfigError
 from ..models import replace_unit
-from ..models.blocks import _zeroed
+from ..models.blocks import zero_output
 from ..results import Result, config_dict
 from .base import EvalData, accuracy, eval_mode, feature_units, unit_table
 from .keys import LesionKeys as Keys
@@ -54,11 +54,8 @@ def _removed(model: torch.nn.Module, block, mode: str):
         with replace_unit(model, block):
             yield model
         return
-    handle = block.module.register_forward_hook(lambda _m, _i, out: _zeroed(out))
-    try:
+    with zero_output(block.module):
         yield model
-    finally:
-        handle.remove()
 
 
 @torch.no_grad()

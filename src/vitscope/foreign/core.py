@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..analyses.base import eval_mode
 from ..errors import VitscopeError
 from ..models.blocks import Block, Spec, _blocks_from_spec, annotate, tapped, to_map
 from .generic import generic_units
@@ -66,13 +67,22 @@ def guess_input(model: nn.Module) -> tuple[int, int]:
     return int(chans), int(size or 224)
 
 
-def _raw_units(model: nn.Module, spec: Spec | None, x: torch.Tensor) -> tuple[list[Block], str]:
+def _raw_units(model: nn.Module, spec: Spec | None, x: torch.Tensor):
+    """``(units, source, family)`` from the spec, the model's rule, or the generic one."""
     if spec is not None:
-        return _blocks_from_spec(model, spec), "spec"
+        return _blocks_from_spec(model, spec), "spec", "other"
     found = find_rule(model)
     if found is not None:
-        return found.units(model), found.name
-    return generic_units(model, x), "generic"
+        return found.units(model), found.name, found.family
+    return generic_units(model, x), "generic", "other"
+
+
+def _probe(model: nn.Module, shape: Sequence[int]) -> torch.Tensor:
+    """A zero batch of one ``shape`` input on the model's device, in its float dtype."""
+    param = next(model.parameters(), None)
+    floating = param is not None and param.is_floating_point()
+    return torch.zeros(1, *shape, device=param.device if param is not None else None,
+                       dtype=param.dtype if floating else None)  # fmt: skip
 
 
 def describe(
@@ -88,7 +98,8 @@ def describe(
         model: the model (its train/eval flags and gradients are left as they are).
         spec: kind -> module-name pattern(s), which take precedence over rules.
         input_shape: ``(C, H, W)`` of one input; default :func:`guess_input`.
-        with_source: also return which rule described it (``spec``, ``generic``, a rule name).
+        with_source: also return which rule described it (``spec``, ``generic``, a rule
+            name) and the family it gives (``other`` for a spec or the generic one).
 
     Raises:
         VitscopeError: a unit that was not called, or whose stream is not a feature map.
@@ -96,29 +107,18 @@ def describe(
     if input_shape is None:
         chans, size = guess_input(model)
         input_shape = (chans, size, size)
-    param = next(model.parameters(), None)
-    x = torch.zeros(
-        1,
-        *input_shape,
-        device=param.device if param is not None else "cpu",
-        dtype=param.dtype if param is not None and param.is_floating_point() else None,
-    )
-    modes = [(m, m.training) for m in model.modules()]
-    model.eval()
-    try:
-        units, source = _raw_units(model, spec, x)
+    x = _probe(model, input_shape)
+    with eval_mode(model):
+        units, source, family = _raw_units(model, spec, x)
         feats = [b for b in units if b.kind != "head"]
         with torch.no_grad(), tapped(feats) as outs:
             model(x)  # a backbone without a classifier is described too
-    finally:
-        for m, training in modes:
-            m.training = training
     missed = [b.name for i, b in enumerate(feats) if i not in outs]
     if missed:
         raise VitscopeError(f"{type(model).__name__}: units {missed} were not called")
     shapes = iter(tuple(to_map(outs[i], b, model).shape[1:]) for i, b in enumerate(feats))
     described = annotate(units, [next(shapes) if b.kind != "head" else () for b in units])
-    return (described, source) if with_source else described
+    return (described, source, family) if with_source else described
 
 
 class ForeignModel(nn.Module):
@@ -162,12 +162,10 @@ class ForeignModel(nn.Module):
         self.mean = tuple(float(v) for v in mean) if mean is not None else None
         self.std = tuple(float(v) for v in std) if std is not None else None
         self._data_stats: tuple[tuple[float, ...], tuple[float, ...]] | None = None
-        units, self.rule = describe(
-            net, spec, input_shape=(self.in_chans, self.img_size, self.img_size), with_source=True
-        )
+        shape = (self.in_chans, self.img_size, self.img_size)
+        units, self.rule, found = describe(net, spec, input_shape=shape, with_source=True)
         self._units = tuple(units)
-        found = find_rule(net) if spec is None else None
-        self.family = family or (found.family if found is not None else "other")
+        self.family = family or found
 
     def vitscope_blocks(self) -> list[Block]:
         return list(self._units)
@@ -223,29 +221,17 @@ def describe_table(model: nn.Module, img_size: int | None = None) -> str:
     from ..models.blocks import blocks, feature_maps
 
     units = blocks(model)
-    names = {id(m): n for n, m in model.named_modules()}
-    prefix = "net." if isinstance(model, ForeignModel) else ""
-    chans, size = (
-        (model.in_chans, model.img_size) if isinstance(model, ForeignModel) else guess_input(model)
-    )
-    size = img_size or (size if isinstance(model, ForeignModel) else 32)
-    with torch.no_grad():
-        modes = [(m, m.training) for m in model.modules()]
-        model.eval()
-        try:
-            param = next(model.parameters(), None)
-            x = torch.zeros(
-                1, chans, size, size, device=param.device if param is not None else None
-            )
-            maps = iter(feature_maps(model, x))
-        finally:
-            for m, training in modes:
-                m.training = training
+    foreign = isinstance(model, ForeignModel)
+    names = {id(m): n for n, m in (model.net if foreign else model).named_modules()}
+    chans = model.in_chans if foreign else guess_input(model)[0]
+    size = img_size or (model.img_size if foreign else 32)
+    with torch.no_grad(), eval_mode(model):
+        maps = iter(feature_maps(model, _probe(model, (chans, size, size))))
     rows = [("#", "unit", "kind", "stage", "down", "stream (C, H, W)", "read at", "lesion")]
     for i, b in enumerate(units):
         shape = "" if b.kind == "head" else "x".join(str(d) for d in next(maps).shape[1:])
         tap = b.point
-        tap_name = names.get(id(tap.module), "?").removeprefix(prefix)
+        tap_name = names.get(id(tap.module), "?")
         read = (
             ""
             if b.kind == "head"
@@ -254,7 +240,7 @@ def describe_table(model: nn.Module, img_size: int | None = None) -> str:
         if b.kind in ("stem", "head") or b.downsample:
             lesion = "-"
         elif b.branch is not None:
-            lesion = f"zero {names.get(id(b.branch), '?').removeprefix(prefix)}"
+            lesion = f"zero {names.get(id(b.branch), '?')}"
         else:
             lesion = "skip path" if b.skip is not None or hasattr(b.module, "skip") else "identity"
         rows.append((str(i), b.name, b.kind, str(b.stage), "yes" if b.downsample else "",

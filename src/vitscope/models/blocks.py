@@ -340,7 +340,7 @@ def annotate(units: Sequence[Block], shapes: Sequence[tuple[int, ...]]) -> list[
             out.append(replace(b, stage=0, downsample=False))
         else:
             down = side is not None and here != side
-            stage = max(stage, 1) + (1 if down and stage >= 1 else 0)
+            stage = 1 if stage == 0 else stage + int(down)  # the first unit after the stem: 1
             out.append(replace(b, stage=stage, downsample=down))
         side = here
     return out
@@ -368,6 +368,16 @@ def _zeroed(output):
     if isinstance(output, tuple) and output and isinstance(output[0], torch.Tensor):
         return (torch.zeros_like(output[0]), *output[1:])
     raise VitscopeError(f"cannot zero a branch output of type {type(output).__name__}")
+
+
+@contextmanager
+def zero_output(module: nn.Module) -> Iterator[None]:
+    """``module``'s output zeroed (its first tensor, for tuples) while the context is open."""
+    handle = module.register_forward_hook(lambda _m, _i, out: _zeroed(out))
+    try:
+        yield
+    finally:
+        handle.remove()
 
 
 def _owner(model: nn.Module, module: nn.Module) -> tuple[nn.Module, str]:
@@ -403,11 +413,8 @@ def replace_unit(model: nn.Module, block: Block) -> Iterator[nn.Module]:
         what = "a downsampling unit" if block.downsample else f"the {block.kind}"
         raise VitscopeError(f"cannot remove {block.name!r}: it is {what}, not a residual unit")
     if block.branch is not None:
-        handle = block.branch.register_forward_hook(lambda _m, _i, out: _zeroed(out))
-        try:
+        with zero_output(block.branch):
             yield model
-        finally:
-            handle.remove()
         return
     parent, attr = _owner(model, block.module)
     original = getattr(parent, attr)
