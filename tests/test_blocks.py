@@ -266,3 +266,17 @@ def test_replace_projection_unit_keeps_its_skip_path():
         assert isinstance(unit, Block) and not unit.downsample
         with torch.no_grad(), replace_unit(model, unit):
             assert model(torch.randn(2, 1, 28, 28)).shape == (2, 10)
+
+
+def test_blocks_command_probes_a_zoo_model_at_its_own_size(capsys):
+    from vitscope.cli import main
+
+    assert main(["blocks", "--model", "vit_tiny", "--img-size", "64"]) == 0
+    assert "64x16x16" in capsys.readouterr().out  # patch 4 at 64 px, not a 32 px probe
+
+
+def test_mean_without_std_is_refused():
+    from vitscope.foreign import ForeignModel
+
+    with pytest.raises(VitscopeError, match="mean and std together"):
+        ForeignModel(UserViT(), img_size=16, mean=(0.5, 0.5, 0.5))

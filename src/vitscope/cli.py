@@ -274,7 +274,7 @@ def _cmd_blocks(args: argparse.Namespace) -> int:
         from .models import create_model
 
         model = create_model(args.model, num_classes=10, img_size=args.img_size or 32)
-    print(describe_table(model))
+    print(describe_table(model, args.img_size))
     return 0
 
 

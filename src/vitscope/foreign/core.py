@@ -153,6 +153,9 @@ class ForeignModel(nn.Module):
         spec: Spec | None = None,
     ) -> None:
         super().__init__()
+        if (mean is None) != (std is None):
+            raise VitscopeError(f"{name or type(net).__name__}: give the input mean and std "
+                                "together (--mean and --std)")  # fmt: skip
         guessed_chans, guessed_size = guess_input(net)
         self.net = net
         self.name = name or type(net).__name__
