@@ -362,8 +362,9 @@ def _foreign_record(rd: RunDir) -> dict | None:
 def load_user_model(target: str, checkpoint: str | None = None) -> nn.Module:
     """``path/to/file.py:builder`` -> ``builder()``, with an optional state dict loaded.
 
-    The checkpoint may be a raw ``state_dict`` or a dict holding one under ``model`` or
-    ``state_dict``.
+    The checkpoint is read as :func:`vitscope.foreign.load_weights` reads ``--weights``: a
+    raw ``state_dict`` or a dict holding one under ``model``, ``state_dict``,
+    ``model_state_dict`` or ``module``, loaded strictly.
     """
     file, sep, func = target.rpartition(":")
     if not sep or not file or not func:
@@ -382,20 +383,10 @@ def load_user_model(target: str, checkpoint: str | None = None) -> nn.Module:
     if not isinstance(model, nn.Module):
         raise VitscopeError(f"{target} returned {type(model).__name__}, not an nn.Module")
     if checkpoint:
-        _load_state(model, checkpoint, target)
+        from .foreign import load_weights
+
+        load_weights(model, checkpoint, target)
     return model
-
-
-def _load_state(model: nn.Module, checkpoint: str, target: str) -> None:
-    from .train import load_checkpoint
-
-    state = load_checkpoint(checkpoint)
-    state = state.get("model", state.get("state_dict", state)) if isinstance(state, dict) else state
-    try:
-        model.load_state_dict(state)
-    except RuntimeError as e:
-        first = str(e).strip().splitlines()[0]
-        raise VitscopeError(f"checkpoint {checkpoint} does not fit {target}: {first}") from None
 
 
 def parse_json_option(text: str | None, flag: str, example: str = '{"num_classes": 10}') -> dict:
