@@ -89,6 +89,48 @@ def test_fourier_and_variance_aggregate_exactly_over_batches():
     assert a == pytest.approx([featuremap_variance(m) for m in maps], rel=1e-6)
 
 
+def test_per_image_values_are_what_the_unit_means_are_means_of():
+    """The arrays the report resamples: each image's value, computed alone, and their mean
+    is the stored per-unit number (Fourier, variance), their accuracy the stored one (noise,
+    lesion)."""
+    torch.manual_seed(0)
+    model = create_model("alternet_tiny", num_classes=10, in_chans=1, img_size=28).eval()
+    data = _data(n=10)
+    f = fourier.run(model, data, fourier.Config(num_images=10, batch_size=4))
+    v = variance.run(model, data, variance.Config(num_images=10, batch_size=4))
+    hf, var = f.arrays["high_freq_images"], v.arrays["variance_images"]
+    assert hf.shape == var.shape == (len(f.values["units"]), 10)
+    np.testing.assert_allclose(hf.mean(axis=1), f.values["high_freq"], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(var.mean(axis=1), v.values["variance"], rtol=1e-5)
+    from vitscope.analyses.variance import featuremap_variance
+    from vitscope.models import feature_maps
+
+    x, _ = next(data.batches(10))
+    k = 7  # image 7 alone, through the pure functions
+    with torch.no_grad():
+        maps = feature_maps(model, x[k : k + 1])
+    alone = [fourier.delta_log_amplitude(m)[-1].item() for m in maps]
+    np.testing.assert_allclose(hf[:, k], alone, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(var[:, k], [featuremap_variance(m) for m in maps], rtol=1e-5)
+
+    n = noise.run(model, data, noise.Config(frequencies=(0.3, 0.9), num_images=10))
+    table = n.arrays["correct"]
+    assert table.shape == (3, 10) and set(np.unique(table)) <= {0, 1}
+    assert 100 * table[0].mean() == pytest.approx(n.values["clean_acc"])
+    np.testing.assert_allclose(100 * (table[1:].mean(1) - table[0].mean()), n.values["delta_acc"])
+    x, y = next(data.batches(10))
+    with torch.no_grad():
+        assert np.array_equal(table[0], (model(x).argmax(1) == y).numpy())
+
+    les = lesion.run(model, data, lesion.Config(num_images=10))
+    table, removed = les.arrays["correct"], les.values["removed"]
+    assert table.shape == (1 + len(removed), 10)
+    assert 100 * table[0].mean() == pytest.approx(les.values["base_acc"])
+    for j, unit in enumerate(removed, 1):
+        delta = 100 * (table[j].mean() - table[0].mean())
+        assert les.values["delta_acc"][unit] == pytest.approx(delta)
+
+
 @pytest.mark.parametrize(
     "name, kind",
     [("resnet_tiny", "conv"), ("vit_tiny", "msa"), ("vit_tiny", "mlp"), ("alternet_tiny", "msa")],

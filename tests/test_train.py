@@ -5,6 +5,7 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
 import torch
 
@@ -55,8 +56,16 @@ def test_train_writes_a_complete_run_directory(folder_data, tmp_path):
     assert (out / "config.yaml").is_file() and (out / "provenance.json").is_file()
     # three colour-coded classes are easy: the model must learn them
     assert result.best["acc"] >= 0.9
-    # the best checkpoint reproduces its recorded accuracy
+    # the best epoch's per-image predictions, which the report resamples
+    with np.load(out / "predictions.npz", allow_pickle=False) as npz:
+        pred, label, epoch = npz["pred"], npz["label"], int(npz["epoch"])
+    assert epoch == result.best["epoch"]
+    assert (pred == label).mean() == pytest.approx(result.best["acc"])
+    (out / "predictions.npz").unlink()
+    # the best checkpoint reproduces its recorded accuracy, and its predictions
     assert evaluate_run(out, "best")["acc"] == pytest.approx(result.best["acc"])
+    with np.load(out / "predictions.npz", allow_pickle=False) as npz:
+        assert np.array_equal(npz["pred"], pred) and int(npz["epoch"]) == epoch
     model, cfg = load_model(out, "last")
     assert not model.training and cfg.model.name == "resnet_tiny"
 

@@ -156,6 +156,12 @@ class RunDir:
     def provenance(self) -> Path:
         return self.root / "provenance.json"
 
+    @property
+    def predictions(self) -> Path:
+        """The best checkpoint's test predictions (``pred``, ``label``, ``epoch``), which the
+        report resamples for accuracy intervals."""
+        return self.root / "predictions.npz"
+
     def checkpoint(self, name: str) -> Path:
         """``best``, ``last``, ``init``, ``warmup``, ``epochN`` or a path to a ``.pt`` file."""
         if name.endswith(".pt"):

@@ -12,6 +12,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
 
 from .. import distributed as dist_utils
@@ -79,12 +80,28 @@ class EvalData:
         With ``sharded`` only this rank's share under torchrun: batch ``k`` goes to rank
         ``k % world_size`` (all of them in a single process).
         """
-        n = len(self) if limit is None else min(limit, len(self))
+        for _, x, y in self.indexed_batches(batch_size, device, limit, sharded=sharded):
+            yield x, y
+
+    def indexed_batches(
+        self,
+        batch_size: int,
+        device: torch.device | str = "cpu",
+        limit: int | None = None,
+        *,
+        sharded: bool = False,
+    ) -> Iterator[tuple[int, torch.Tensor, torch.Tensor]]:
+        """:meth:`batches` with the index of each batch's first image: ``(start, x, y)``."""
+        n = self.count(limit)
         starts = range(0, n, batch_size)
         for s in dist_utils.shard(starts) if sharded else starts:
             e = min(s + batch_size, n)
             x = normalize(self.images[s:e].to(device, non_blocking=True), self.mean, self.std)
-            yield x, self.labels[s:e].to(device, non_blocking=True)
+            yield s, x, self.labels[s:e].to(device, non_blocking=True)
+
+    def count(self, limit: int | None = None) -> int:
+        """How many images a pass with ``limit`` reads."""
+        return len(self) if limit is None else min(limit, len(self))
 
 
 def unit_table(units: Sequence[Any]) -> list[dict]:
@@ -108,19 +125,27 @@ def unit_table(units: Sequence[Any]) -> list[dict]:
 
 
 @torch.no_grad()
+def correct(
+    model: torch.nn.Module, batches: Iterator[tuple[torch.Tensor, torch.Tensor]], transform=None
+) -> np.ndarray:
+    """Whether ``model`` classifies each image of ``batches`` right (bool, in batch order);
+    ``transform(x)`` perturbs inputs first. Its mean is the top-1 accuracy; kept per image,
+    it lets the report resample test images (``docs/methods/statistics.md``)."""
+    hits = []
+    for x, y in batches:
+        if transform is not None:
+            x = transform(x)
+        hits.append((model(x).argmax(1) == y).cpu().numpy())
+    if not hits or not sum(len(h) for h in hits):
+        raise VitscopeError("no test images to evaluate")
+    return np.concatenate(hits)
+
+
 def accuracy(
     model: torch.nn.Module, batches: Iterator[tuple[torch.Tensor, torch.Tensor]], transform=None
 ) -> float:
     """Top-1 accuracy of ``model`` over ``batches``; ``transform(x)`` perturbs inputs first."""
-    correct = total = 0
-    for x, y in batches:
-        if transform is not None:
-            x = transform(x)
-        correct += (model(x).argmax(1) == y).sum().item()
-        total += len(y)
-    if total == 0:
-        raise VitscopeError("no test images to evaluate")
-    return correct / total
+    return float(correct(model, batches, transform).mean())
 
 
 @dataclass
@@ -170,6 +195,7 @@ __all__ = [
     "TrainData",
     "accuracy",
     "config_dict",
+    "correct",
     "eval_mode",
     "feature_units",
     "unit_table",

@@ -42,17 +42,31 @@ class Config:
             raise ConfigError("fourier.num_images and fourier.batch_size must be >= 1")
 
 
+def centred_log_amplitude(x: torch.Tensor) -> torch.Tensor:
+    """``roll(log(|fft2(x)| + eps))`` of a ``(b, c, h, w)`` map, per sample and channel,
+    float64, DC at ``(h//2, w//2)``."""
+    if x.ndim != 4:
+        raise ValueError(f"expected a (b, c, h, w) map, got shape {tuple(x.shape)}")
+    h, w = x.shape[-2:]
+    amp = torch.fft.fft2(x.detach().double()).abs()
+    return torch.roll(torch.log(amp + EPS), shifts=(h // 2, w // 2), dims=(-2, -1))
+
+
 def log_amplitude(x: torch.Tensor) -> torch.Tensor:
     """Centred log-amplitude spectrum, summed over batch and channels: ``(h, w)``, float64.
 
     Divide by ``b * c`` for the mean; a sum lets batches accumulate exactly.
     """
-    if x.ndim != 4:
-        raise ValueError(f"expected a (b, c, h, w) map, got shape {tuple(x.shape)}")
-    h, w = x.shape[-2:]
-    amp = torch.fft.fft2(x.detach().double()).abs()
-    logamp = torch.log(amp + EPS)
-    return torch.roll(logamp, shifts=(h // 2, w // 2), dims=(-2, -1)).sum(dim=(0, 1))
+    return centred_log_amplitude(x).sum(dim=(0, 1))
+
+
+def high_freq_per_image(logamp: torch.Tensor) -> torch.Tensor:
+    """Each sample's ΔLog amplitude at 1.0π, ``(b,)``: the channel mean of the centred log
+    amplitude at the highest diagonal frequency minus that at DC. Their mean over samples is
+    the unit's ``high_freq`` exactly (both are means of the same terms)."""
+    h, w = logamp.shape[-2:]
+    k = min(h - h // 2, w - w // 2) - 1
+    return (logamp[..., h // 2 + k, w // 2 + k] - logamp[..., h // 2, w // 2]).mean(dim=1)
 
 
 def half_diagonal(a: torch.Tensor) -> torch.Tensor:
@@ -98,22 +112,32 @@ def run(
     Returns:
         Result ``fourier``: ``values.units`` (name, kind, depth, ...), ``values.high_freq``
         (Δ at 1.0π per unit), ``values.curves``; arrays ``map_<i>`` (mean log amplitude,
-        centred) and ``curve_<i>``.
+        centred), ``curve_<i>`` and ``high_freq_images`` (units x images: each image's Δ at
+        1.0π, whose mean is ``high_freq``; the report resamples it).
     """
     units = feature_units(model, ctx.spec)
+    n_images = data.count(cfg.num_images)
     sums: list[torch.Tensor] = []
     means: list[int] = []  # samples x channels behind each sum
+    per_image: list[np.ndarray] = []  # unit -> (n_images,), this rank's images filled in
     with eval_mode(model):
-        for x, _ in data.batches(cfg.batch_size, cfg.device, limit=cfg.num_images, sharded=True):
+        batches = data.indexed_batches(
+            cfg.batch_size, cfg.device, limit=cfg.num_images, sharded=True
+        )
+        for start, x, _ in batches:
             for i, m in enumerate(feature_maps(model, x, ctx.spec)):
-                s = log_amplitude(m).cpu()
+                logamp = centred_log_amplitude(m)
+                s = logamp.sum(dim=(0, 1)).cpu()
                 if i == len(sums):
                     sums.append(s)
                     means.append(m.shape[0] * m.shape[1])
+                    per_image.append(np.zeros(n_images))
                 else:
                     sums[i] += s
                     means[i] += m.shape[0] * m.shape[1]
+                per_image[i][start : start + len(m)] = high_freq_per_image(logamp).cpu().numpy()
     sums, means = sum_over_ranks(sums), sum_over_ranks(means)
+    per_image = sum_over_ranks(per_image)  # each image is filled on one rank, zero elsewhere
     arrays, curves, high = {}, [], []
     for i, (s, n) in enumerate(zip(sums, means)):
         a = s / n
@@ -123,13 +147,14 @@ def run(
         arrays[Keys.CURVE.format(i)] = curve
         curves.append(curve.tolist())
         high.append(float(curve[-1]))
+    arrays[Keys.HIGH_FREQ_IMAGES] = np.stack(per_image).astype(np.float32)
     return Result(
         "fourier",
         values={
             Keys.UNITS: unit_table(units),
             Keys.HIGH_FREQ: high,
             Keys.CURVES: curves,
-            Keys.NUM_IMAGES: min(cfg.num_images, len(data)),
+            Keys.NUM_IMAGES: n_images,
         },
         arrays=arrays,
         config=config_dict(cfg),

@@ -18,6 +18,7 @@ class FourierKeys:
     NUM_IMAGES = "num_images"
     MAP = "map_{}"  # array: mean centred log amplitude of unit i
     CURVE = "curve_{}"  # array: the curve of unit i
+    HIGH_FREQ_IMAGES = "high_freq_images"  # array (units, images): each image's Δ at 1.0π
 
 
 class VarianceKeys:
@@ -25,6 +26,8 @@ class VarianceKeys:
 
     UNITS = "units"  # the unit table
     VARIANCE = "variance"  # mean spatial variance, one per unit
+    VARIANCE_IMAGES = "variance_images"  # array (units, images): each image's variance
+    NUM_IMAGES = "num_images"
 
 
 class NoiseKeys:
@@ -35,6 +38,7 @@ class NoiseKeys:
     CLEAN_ACC = "clean_acc"  # clean accuracy (%)
     BAND_BINS = "band_bins"  # frequency bins kept per band
     NUM_IMAGES = "num_images"
+    CORRECT = "correct"  # array (1 + bands, images) uint8: row 0 clean, row k band k
 
 
 class LesionKeys:
@@ -44,6 +48,8 @@ class LesionKeys:
     DELTA_ACC = "delta_acc"  # accuracy change (points) without each unit; None: not removable
     BASE_ACC = "base_acc"  # intact accuracy (%)
     NUM_IMAGES = "num_images"
+    REMOVED = "removed"  # the unit index of each lesion row of CORRECT
+    CORRECT = "correct"  # array (1 + lesions, images) uint8: row 0 intact, row j REMOVED[j-1]
 
 
 class OverfittingKeys:
@@ -61,6 +67,7 @@ class LandscapeKeys:
     COORDS = "coords"  # {"xs": [...], "ys": [...]}
     LOSS = "loss"  # NLL + L2 grid, rows y, columns x
     NLL = "nll"
+    NLL_BATCHES = "nll_batches"  # array (ys, xs, batches): each batch's mean NLL per point
     ACC = "acc"
     L2 = "l2"
     SECONDS = "seconds"

@@ -44,6 +44,7 @@ from ..results import Result, config_dict
 from .base import TrainData, eval_mode
 from .keys import LandscapeKeys as Keys
 from .objective import L2_MODES, l2_penalty
+from .rings import RING_STEP, ring_index
 from .sharding import map_items
 from .spec import Analysis, Context, FigureSpec
 from .store import PartialStore, state_digest
@@ -51,7 +52,6 @@ from .store import PartialStore, state_digest
 NORMS = ("filter", "official", "layer")
 # parameters whose names match get a zero direction (the released code's exclusion list)
 EXCLUDE = re.compile(r"pos_embed|relative_position")
-RING_STEP = 0.1  # spacing of the L∞ rings summarised (``docs/methods/landscape.md``'s table)
 
 Direction = dict[str, torch.Tensor]  # parameter name -> tensor; absent names: zero direction
 
@@ -227,14 +227,23 @@ def evaluate_point(
     set_point(model, theta0, d1, d2, a, b)
     nll = torch.zeros((), dtype=torch.float64)
     correct, n = 0, 0
+    per_batch = []
     for x, t in batches:
         logits = model(x)
-        nll += soft_cross_entropy(logits, t).double().cpu() * len(t)
+        batch_nll = soft_cross_entropy(logits, t).double().cpu()
+        per_batch.append(float(batch_nll))
+        nll += batch_nll * len(t)
         correct += int((logits.argmax(1) == t.argmax(1)).sum())
         n += len(t)
     nll_mean = float(nll) / n
     l2 = float(l2_penalty(model.parameters(), cfg.l2, cfg.weight_decay or 0.0, dtype=torch.float64))
-    return {"nll": nll_mean, "acc": correct / n, "l2": l2, "loss": nll_mean + l2}
+    return {
+        "nll": nll_mean,
+        "acc": correct / n,
+        "l2": l2,
+        "loss": nll_mean + l2,
+        "nll_batches": per_batch,
+    }
 
 
 # ---------------------------------------------------------------------------------------------
@@ -271,16 +280,25 @@ class _Grid:
 
     values: dict[str, np.ndarray]
     done: np.ndarray
+    nll_batches: np.ndarray  # (ys, xs, batches)
 
     @classmethod
-    def empty(cls, shape: tuple[int, int]) -> _Grid:
-        return cls({k: np.full(shape, np.nan) for k in GRIDS}, np.zeros(shape, dtype=bool))
+    def empty(cls, shape: tuple[int, int], batches: int) -> _Grid:
+        return cls(
+            {k: np.full(shape, np.nan) for k in GRIDS},
+            np.zeros(shape, dtype=bool),
+            np.full((*shape, batches), np.nan),
+        )
 
     def record(self, j: int, i: int, point: dict[str, float]) -> None:
-        """Store one point's ``loss``, ``nll``, ``acc``, ``l2`` and ``seconds``."""
+        """Store one point's ``loss``, ``nll``, ``acc``, ``l2``, ``seconds`` and per-batch NLL
+        (a point saved before vitscope kept it has NaN there)."""
         values = [float(point[k]) for k in GRIDS]  # all or nothing
+        per_batch = [float(v) for v in point.get("nll_batches") or []]
         for k, v in zip(GRIDS, values):
             self.values[k][j, i] = v
+        if len(per_batch) == self.nll_batches.shape[-1]:
+            self.nll_batches[j, i] = per_batch
         self.done[j, i] = True
 
     def todo(self) -> list[tuple[int, int]]:
@@ -331,11 +349,7 @@ def ring_summaries(xs: np.ndarray, ys: np.ndarray, grid: dict[str, np.ndarray]) 
     centre alone); means are over finite entries, as for the released CSVs. Empty rings (a
     coarse grid) are left out.
     """
-    a, b = np.meshgrid(xs, ys)
-    radius = np.maximum(np.abs(a), np.abs(b))
-    ring = np.ceil(radius / RING_STEP - 0.5 - 1e-9).astype(int)
-    ring[(radius > 1e-12) & (ring < 1)] = 1
-    ring[radius <= 1e-12] = 0
+    ring = ring_index(xs, ys)
     out = []
     for k in np.unique(ring):
         row = {"r": round(float(k) * RING_STEP, 10), "points": int((ring == k).sum())}
@@ -393,6 +407,7 @@ def _result(
         "xs": xs,
         "ys": ys,
         **{k: g[k] for k in ("loss", "nll", "acc", "l2", "seconds")},
+        Keys.NLL_BATCHES: grid.nll_batches,
         "d1": flatten_direction(model, dirs[0]).numpy(),
         "d2": flatten_direction(model, dirs[1] if len(dirs) > 1 else {}).numpy(),
     }
@@ -425,7 +440,7 @@ def run(
     if cfg.weight_decay is None:
         cfg = replace(cfg, weight_decay=float(data.weight_decay))
     xs, ys = grid_axes(cfg)
-    grid = _Grid.empty((len(ys), len(xs)))
+    grid = _Grid.empty((len(ys), len(xs)), cfg.batches)
     theta0 = {n: p.detach().clone() for n, p in model.named_parameters()}
     with eval_mode(model):
         try:

@@ -11,13 +11,14 @@ from __future__ import annotations
 from contextlib import contextmanager
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from ..errors import ConfigError
 from ..models import replace_unit
 from ..models.blocks import zero_output
 from ..results import Result, config_dict
-from .base import EvalData, accuracy, eval_mode, feature_units, unit_table
+from .base import EvalData, correct, eval_mode, feature_units, unit_table
 from .keys import LesionKeys as Keys
 from .sharding import map_items
 from .spec import Analysis, Context, FigureSpec
@@ -69,33 +70,40 @@ def run(
 
     Returns:
         Result ``lesion``: ``values.units``, ``values.delta_acc`` (``None`` for units that
-        cannot be removed), ``values.base_acc`` (%).
+        cannot be removed), ``values.base_acc`` (%), ``values.removed`` (the unit of each
+        lesion); array ``correct`` (uint8, per test image: row 0 intact, row j without unit
+        ``removed[j - 1]``), which the report resamples.
     """
     units = feature_units(model, ctx.spec)
     lesions = [k for k, b in enumerate(units) if removable(b)]
     if not lesions:
         raise ConfigError("lesion: the model has no removable residual units")
 
-    def acc(k: int | None) -> float:
-        """Accuracy (%) without unit ``k``; ``None``: the intact model."""
+    def hits(k: int | None) -> np.ndarray:
+        """Per test image, whether it is right without unit ``k``; ``None``: intact."""
         batches = data.batches(cfg.batch_size, cfg.device, limit=cfg.num_images)
         if k is None:
-            return 100.0 * accuracy(model, batches)
+            return correct(model, batches)
         with _removed(model, units[k], cfg.mode):
-            return 100.0 * accuracy(model, batches)
+            return correct(model, batches)
 
     with eval_mode(model):
-        accs = map_items([None, *lesions], acc)
-    base = accs[None]
-    deltas = [accs[k] - base if k in accs else None for k in range(len(units))]
+        got = map_items([None, *lesions], hits)
+    table = np.stack([got[None], *(got[k] for k in lesions)])
+    accs = 100.0 * table.mean(axis=1)
+    base = float(accs[0])
+    row = {k: j + 1 for j, k in enumerate(lesions)}
+    deltas = [float(accs[row[k]]) - base if k in row else None for k in range(len(units))]
     return Result(
         "lesion",
         values={
             Keys.UNITS: unit_table(units),
             Keys.DELTA_ACC: deltas,
             Keys.BASE_ACC: base,
-            Keys.NUM_IMAGES: min(cfg.num_images, len(data)),
+            Keys.NUM_IMAGES: data.count(cfg.num_images),
+            Keys.REMOVED: lesions,
         },
+        arrays={Keys.CORRECT: table.astype(np.uint8)},
         config=config_dict(cfg),
     )
 

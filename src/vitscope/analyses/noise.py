@@ -27,7 +27,7 @@ import torch
 
 from ..errors import ConfigError
 from ..results import Result, config_dict
-from .base import EvalData, accuracy, eval_mode
+from .base import EvalData, correct, eval_mode
 from .keys import NoiseKeys as Keys
 from .sharding import map_items
 from .spec import Analysis, Context, FigureSpec
@@ -91,15 +91,18 @@ def band_limited_noise(
 
 
 @torch.no_grad()
-def noisy_accuracy(model: torch.nn.Module, data: EvalData, cfg: Config, f: float | None) -> float:
-    """Accuracy with noise in the band centred on ``f`` (units of π); ``None``: clean.
+def noisy_correct(
+    model: torch.nn.Module, data: EvalData, cfg: Config, f: float | None
+) -> np.ndarray:
+    """Per test image, whether it is classified right with noise in the band centred on
+    ``f`` (units of π); ``None``: clean.
 
     The noise of every band is drawn from its own generator seeded with ``cfg.seed``, so a
-    band's accuracy does not depend on the other bands (nor on the rank computing it).
+    band's result does not depend on the other bands (nor on the rank computing it).
     """
     batches = data.batches(cfg.batch_size, cfg.device, limit=cfg.num_images)
     if f is None:
-        return accuracy(model, batches)
+        return correct(model, batches)
     g = torch.Generator().manual_seed(cfg.seed)
 
     def perturb(x: torch.Tensor) -> torch.Tensor:
@@ -108,7 +111,12 @@ def noisy_accuracy(model: torch.nn.Module, data: EvalData, cfg: Config, f: float
         )
         return x + noise.to(x.device, x.dtype)
 
-    return accuracy(model, batches, perturb)
+    return correct(model, batches, perturb)
+
+
+def noisy_accuracy(model: torch.nn.Module, data: EvalData, cfg: Config, f: float | None) -> float:
+    """Accuracy with noise in the band centred on ``f`` (units of π); ``None``: clean."""
+    return float(noisy_correct(model, data, cfg, f).mean())
 
 
 @torch.no_grad()
@@ -122,7 +130,9 @@ def run(
 
     Returns:
         Result ``noise``: ``values.frequencies`` (units of π), ``values.delta_acc`` (%),
-        ``values.clean_acc`` (%), ``values.band_bins`` (frequency bins kept per band).
+        ``values.clean_acc`` (%), ``values.band_bins`` (frequency bins kept per band); array
+        ``correct`` (uint8, 1 + bands rows by test images: row 0 clean, row k band k), which
+        the report resamples.
     """
     h, w = data.images.shape[-2:]
     bins = [
@@ -131,9 +141,11 @@ def run(
     ]
     bands: list[float | None] = [None, *cfg.frequencies]  # item 0: the clean pass
     with eval_mode(model):
-        acc = map_items(range(len(bands)), lambda k: noisy_accuracy(model, data, cfg, bands[k]))
-    clean = acc[0]
-    deltas = [100.0 * (acc[k] - clean) for k in range(1, len(bands))]
+        hits = map_items(range(len(bands)), lambda k: noisy_correct(model, data, cfg, bands[k]))
+    table = np.stack([hits[k] for k in range(len(bands))])
+    acc = table.mean(axis=1)
+    clean = float(acc[0])
+    deltas = [100.0 * (float(acc[k]) - clean) for k in range(1, len(bands))]
     return Result(
         "noise",
         values={
@@ -141,11 +153,12 @@ def run(
             Keys.DELTA_ACC: deltas,
             Keys.CLEAN_ACC: 100.0 * clean,
             Keys.BAND_BINS: bins,
-            Keys.NUM_IMAGES: min(cfg.num_images, len(data)),
+            Keys.NUM_IMAGES: data.count(cfg.num_images),
         },
         arrays={
             Keys.FREQUENCIES: np.asarray(cfg.frequencies),
             Keys.DELTA_ACC: np.asarray(deltas),
+            Keys.CORRECT: table.astype(np.uint8),
         },
         config=config_dict(cfg),
     )

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from ..errors import ConfigError
@@ -36,15 +37,17 @@ class Config:
 
 def featuremap_variance(x: torch.Tensor) -> float:
     """``mean_{b,c} Var_{h,w}(x[b, c])`` with the unbiased (``hw - 1``) estimator."""
-    return _variance_sum(x) / (x.shape[0] * x.shape[1])
+    return float(variance_per_image(x).mean())
 
 
-def _variance_sum(x: torch.Tensor) -> float:
+def variance_per_image(x: torch.Tensor) -> np.ndarray:
+    """Each sample's channel mean of the unbiased spatial variance, ``(b,)`` float64 (NaN
+    with a single position); their mean is :func:`featuremap_variance`."""
     if x.ndim != 4:
         raise ValueError(f"expected a (b, c, h, w) map, got shape {tuple(x.shape)}")
     if x.shape[-1] * x.shape[-2] < 2:
-        return float("nan")  # one position: no spatial variance
-    return x.detach().double().flatten(2).var(dim=2, unbiased=True).sum().item()
+        return np.full(x.shape[0], np.nan)  # one position: no spatial variance
+    return x.detach().double().flatten(2).var(dim=2, unbiased=True).mean(dim=1).cpu().numpy()
 
 
 @torch.no_grad()
@@ -53,29 +56,35 @@ def run(
 ) -> Result:
     """Variance of every unit's feature map, averaged over ``cfg.num_images`` test images.
 
-    Under torchrun the batches are sharded over the ranks and the sums added up.
+    Under torchrun the batches are sharded over the ranks and the per-image values gathered.
 
     Returns:
-        Result ``variance``: ``values.units`` and ``values.variance`` (one float per unit).
+        Result ``variance``: ``values.units`` and ``values.variance`` (one float per unit:
+        the mean over images, channels weighted alike); array ``variance_images`` (units x
+        images, whose row means are ``variance``; the report resamples it).
     """
     units = feature_units(model, ctx.spec)
-    sums: list[float] = []
-    counts: list[int] = []
+    n_images = data.count(cfg.num_images)
+    per_image: list[np.ndarray] = []  # unit -> (n_images,), this rank's images filled in
     with eval_mode(model):
-        for x, _ in data.batches(cfg.batch_size, cfg.device, limit=cfg.num_images, sharded=True):
+        batches = data.indexed_batches(
+            cfg.batch_size, cfg.device, limit=cfg.num_images, sharded=True
+        )
+        for start, x, _ in batches:
             for i, m in enumerate(feature_maps(model, x, ctx.spec)):
-                if i == len(sums):
-                    sums.append(0.0)
-                    counts.append(0)
-                sums[i] += _variance_sum(m)
-                counts[i] += m.shape[0] * m.shape[1]
-    sums, counts = sum_over_ranks(sums), sum_over_ranks(counts)
+                if i == len(per_image):
+                    per_image.append(np.zeros(n_images))
+                per_image[i][start : start + len(m)] = variance_per_image(m)
+    per_image = sum_over_ranks(per_image)  # each image is filled on one rank, zero elsewhere
+    table = np.stack(per_image)
     return Result(
         "variance",
         values={
             Keys.UNITS: unit_table(units),
-            Keys.VARIANCE: [s / n for s, n in zip(sums, counts)],
+            Keys.VARIANCE: [float(v) for v in table.mean(axis=1)],
+            Keys.NUM_IMAGES: n_images,
         },
+        arrays={Keys.VARIANCE_IMAGES: table.astype(np.float32)},
         config=config_dict(cfg),
     )
 

@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import nullcontext
 
+import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -199,12 +200,14 @@ def evaluate(
     device: torch.device | str | None = None,
     channels_last: bool = False,
     sharded: bool = False,
-) -> dict:
+    predictions: bool = False,
+) -> dict | tuple[dict, np.ndarray]:
     """Test metrics (``acc``, ``nll``, ``ece``, ``brier``) of ``model`` on ``images``.
 
     With ``sharded`` (a collective: every rank calls it with the same data), rank ``r``
     predicts the ``r``-th contiguous shard and the logits are gathered, so every rank returns
     the metrics of the whole set. Each rank's ``model`` must hold the same weights and buffers.
+    With ``predictions`` it returns ``(metrics, predicted class per image)``.
     """
     part = slice(None)
     if sharded:
@@ -222,4 +225,7 @@ def evaluate(
     )
     if sharded:
         logits = torch.cat([t for t in distributed.gather_objects(logits) if len(t)])
-    return classification_metrics(logits, labels.cpu(), n_bins=n_bins)
+    metrics = classification_metrics(logits, labels.cpu(), n_bins=n_bins)
+    if predictions:
+        return metrics, logits.argmax(1).cpu().numpy().astype(np.int32)
+    return metrics

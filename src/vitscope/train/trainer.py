@@ -25,6 +25,7 @@ from ..io import (
     RunDir,
     append_jsonl,
     atomic_write_json,
+    atomic_write_npz,
     atomic_write_text,
     provenance,
     read_jsonl,
@@ -266,7 +267,9 @@ def train(cfg: RunConfig | None, out: str | Path, *, resume: bool = False) -> Tr
     n_params = sum(p.numel() for p in model.parameters())
     last = dict(rows[-1]) if rows else {}
     for epoch in range(start_epoch, t.total_epochs):
-        stats, test = _epoch(cfg, model, forward, optimizer, augment, data, train_set.info, epoch)
+        stats, test, pred = _epoch(
+            cfg, model, forward, optimizer, augment, data, train_set.info, epoch
+        )
         elapsed += stats["seconds"]
         last = _metrics_row(epoch, t, optimizer, stats, test, elapsed, n_params)
         improved = test["acc"] > best["acc"]
@@ -274,6 +277,8 @@ def train(cfg: RunConfig | None, out: str | Path, *, resume: bool = False) -> Tr
             best = {**test, "epoch": epoch + 1}
         rng_ranks = gather_rng_states()  # a collective: before the rank-0-only block
         if main:
+            if improved:  # before best.pt: a kill leaves the previous best's pair or this one's
+                save_predictions(rd, pred, test_set.labels, epoch + 1)
             _save_epoch(rd, t, model, optimizer, last, best, improved, elapsed, rng_ranks)
     distributed.barrier()  # rank 0's files are complete before any rank returns
     return TrainResult(run_dir=rd.root, last=last, best=best, epochs=t.total_epochs)
@@ -361,8 +366,21 @@ def _epoch(cfg: RunConfig, model, forward, optimizer, augment, data: dict, info,
             n_bins=t.ece_bins,
             channels_last=t.channels_last,
             sharded=True,
+            predictions=True,
         )
-    return stats, test
+    return stats, *test
+
+
+def save_predictions(rd: RunDir, pred: np.ndarray, labels: torch.Tensor, epoch: int) -> None:
+    """The best epoch's test predictions, per image (``RunDir.predictions``)."""
+    atomic_write_npz(
+        rd.predictions,
+        {
+            "pred": np.asarray(pred, dtype=np.int32),
+            "label": labels.cpu().numpy().astype(np.int32),
+            "epoch": np.asarray(epoch),
+        },
+    )
 
 
 def _metrics_row(epoch, t, optimizer, stats: dict, test: dict, elapsed: float, n_params) -> dict:
@@ -430,7 +448,7 @@ def evaluate_run(run_dir: str | Path, checkpoint: str = "best", *, device: str =
     device = distributed.init(device)
     model, cfg = load_model(run_dir, checkpoint, device=device)
     test_set = load_split(cfg, train=False)
-    metrics = evaluate(
+    metrics, pred = evaluate(
         model,
         test_set.images.to(device, non_blocking=True),
         test_set.labels,
@@ -439,11 +457,15 @@ def evaluate_run(run_dir: str | Path, checkpoint: str = "best", *, device: str =
         batch_size=cfg.train.eval_batch_size,
         n_bins=cfg.train.ece_bins,
         sharded=True,
+        predictions=True,
     )
     if distributed.is_main():
         out = {"checkpoint": checkpoint, "metrics": metrics, "provenance": provenance()}
-        path = RunDir(Path(run_dir)).results / f"evaluate_{Path(checkpoint).stem}.json"
-        atomic_write_json(path, out)
+        rd = RunDir(Path(run_dir))
+        atomic_write_json(rd.results / f"evaluate_{Path(checkpoint).stem}.json", out)
+        if checkpoint == "best":  # (re)writes what the report resamples, e.g. for older runs
+            epoch = int(load_checkpoint(rd.checkpoint("best"), map_location="cpu")["epoch"])
+            save_predictions(rd, pred, test_set.labels, epoch)
     distributed.barrier()
     return metrics
 
