@@ -84,6 +84,15 @@ def test_paired_bootstrap_resamples_pairs_together():
     assert (again.low, again.high) == (paired.low, paired.high)  # seeded
 
 
+def test_a_perfect_spearman_rho_is_bounded_like_the_nearest_imperfect_one():
+    e = spearman_interval([1, 2, 3, 4, 5], [2, 4, 6, 8, 10])
+    one_swap = spearman_interval([1, 2, 3, 4, 5], [2, 4, 6, 10, 8])  # ρ = 0.9
+    assert e.value == pytest.approx(1.0) and e.high == 1.0
+    assert one_swap.value == pytest.approx(0.9)
+    assert e.low == pytest.approx(one_swap.low) and 0 < e.low < 0.9
+    assert spearman_interval([1, 2, 3, 4, 5], [5, 4, 3, 2, 1]).low == -1.0
+
+
 def test_spearman_interval_bounds_and_small_n():
     e = spearman_interval([1, 2, 3, 4, 5, 6], [2, 1, 4, 3, 6, 5])
     assert e.value == pytest.approx(0.8285714285714286)

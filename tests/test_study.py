@@ -138,7 +138,7 @@ def test_reproduce_with_ablations_and_buildup(folder_data, tmp_path):
     found = {f.claim: f for f in C.check_all(runs, ablations)}
     gap = next(f for c, f in found.items() if c.startswith("A GAP head"))
     local = next(f for c, f in found.items() if c.startswith("Local MSAs"))
-    assert "vit_tiny folder 100%: GAP" in gap.evidence, gap
+    assert "vit_tiny folder 100%: negative share GAP - CLS" in gap.evidence, gap
     assert "3x3" in local.evidence and "global" in local.evidence, local
     assert gap.verdict in C.VERDICTS and local.verdict in C.VERDICTS
 
@@ -198,3 +198,52 @@ def test_study_fields_are_typed_and_checked_up_front():
     assert from_dict(StudyConfig, old, "study") == from_dict(
         StudyConfig, {**base, "run": {"train": {"epochs": 2}}}, "study"
     )
+
+
+def test_seeds_are_a_study_axis(folder_data, tmp_path, capsys):
+    """Three seeds of the smoke study: a run per (model, fraction, seed) with its train.seed,
+    and one finding per claim, each measured claim's interval over n = 3 seeds."""
+    study = _smoke(folder_data)
+    keep = ("fourier", "variance", "noise", "hessian")
+    study = from_dict(
+        StudyConfig,
+        {**json.loads(json.dumps(_study_dict(study))), "seeds": [0, 1, 2],
+         "analyses": {k: v for k, v in study.analyses.items() if k in keep}},
+        "study",
+    )  # fmt: skip
+    names = list(study.run_configs())
+    assert names == [f"{m}-f1-s{s}" for m in ("resnet_tiny", "vit_tiny") for s in (0, 1, 2)]
+    assert [c.train.seed for c in study.run_configs().values()] == [0, 1, 2, 0, 1, 2]
+    out = tmp_path / "s"
+    reproduce(study, out, log=lambda _: None)
+    doc = json.loads((out / "findings.json").read_text())
+    assert doc["seeds"] == [0, 1, 2] and len(doc["findings"]) == len(C.CHECKS) + 2
+    measured = [f for f in doc["findings"] if f["measures"]]
+    ids = {f["id"] for f in measured}
+    assert {"msa-low-pass", "conv-high-pass", "msa-variance", "conv-variance"} <= ids
+    for f in measured:
+        for m in f["measures"]:
+            if f["id"] == "no-overfitting":  # a rank correlation across all six runs
+                assert (m["n"], m["unit"]) == (6, "runs")
+                continue
+            assert (m["n"], m["unit"], sorted(m["per_seed"])) == (3, "seeds", ["0", "1", "2"])
+    # more seeds later: the three runs stay, the new seed's are added
+    assert main(["reproduce", "--preset", str(out / "study.yaml"), "--out", str(out),
+                 "--seeds", "0,1,2,3"]) == 0  # fmt: skip
+    assert sorted(p.name for p in (out / "runs").iterdir()) == sorted(
+        [*names, "resnet_tiny-f1-s3", "vit_tiny-f1-s3"]
+    )
+    assert main(["reproduce", "--out", str(out), "--seeds", "0,x"]) == 2
+    assert "--seeds must be comma-separated integers" in capsys.readouterr().err
+
+
+def _study_dict(study):
+    from vitscope.config import to_dict
+
+    return to_dict(study)
+
+
+@pytest.mark.parametrize("seeds, words", [([0, 0], "lists a seed twice"), ([-1], ">= 0")])
+def test_bad_seeds(seeds, words):
+    with pytest.raises(ConfigError, match=words):
+        from_dict(StudyConfig, {"models": ["resnet_tiny"], "seeds": seeds}, "study")

@@ -293,8 +293,23 @@ def _cmd_reproduce(args: argparse.Namespace) -> int:
     from .study import reproduce
 
     force = [f.strip() for f in (args.force or "").split(",") if f.strip()]
-    reproduce(args.preset, args.out, force=force, device=args.device)  # logs the report's path
+    seeds = None if args.seeds is None else _seed_list(args.seeds)
+    # logs the report's path
+    reproduce(args.preset, args.out, force=force, device=args.device, seeds=seeds)
     return 0
+
+
+def _seed_list(text: str) -> list[int]:
+    """``0,1,2`` -> ``[0, 1, 2]``; anything else is a one-line error."""
+    from .errors import ConfigError
+
+    try:
+        seeds = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise ConfigError(f"--seeds must be comma-separated integers, got {text!r}") from None
+    if not seeds:
+        raise ConfigError("--seeds needs at least one seed, e.g. --seeds 0,1,2")
+    return seeds
 
 
 @_distributed
@@ -506,6 +521,11 @@ def _add_reproduce(sub) -> None:
         "--force", metavar="STEP[,STEP]", help="redo: train, analyze, report or an analysis name"
     )
     p.add_argument("--device", help="cpu (default) or cuda")
+    p.add_argument(
+        "--seeds",
+        metavar="S[,S]",
+        help="training seeds, one run per model, fraction and seed (default: the study's)",
+    )
     _plugin_flag(p)
     p.set_defaults(func=_cmd_reproduce)
 

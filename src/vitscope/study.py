@@ -64,6 +64,9 @@ class StudyConfig:
     description: str = ""  # what the study shows, its runtime and what to expect
     models: tuple[str, ...] = ("resnet_tiny", "vit_tiny")  # model registry keys
     fractions: tuple[float, ...] = (1.0,)  # class-balanced training fractions, one run each
+    # training seeds (train.seed), one run per (model, fraction, seed), named <run>-s<seed>;
+    # the report's intervals go over them. Empty: one run with the recipe's seed, no suffix
+    seeds: tuple[int, ...] = ()
     train_preset: str = "cpu"  # training recipe every run starts from (`vitscope list presets`)
     # RunConfig overrides for every run, by section (data, augment, model, train); older
     # study files call this `train`
@@ -85,6 +88,10 @@ class StudyConfig:
             raise ConfigError("study.models must list at least one model")
         if not self.fractions or any(not 0 < f <= 1 for f in self.fractions):
             raise ConfigError(f"study.fractions must be in (0, 1], got {list(self.fractions)}")
+        if any(isinstance(x, bool) or not isinstance(x, int) or x < 0 for x in self.seeds):
+            raise ConfigError(f"study.seeds must be integers >= 0, got {list(self.seeds)}")
+        if len(set(self.seeds)) != len(self.seeds):
+            raise ConfigError(f"study.seeds lists a seed twice: {list(self.seeds)}")
         from .models import MODELS
 
         for model in self.models:
@@ -112,17 +119,28 @@ class StudyConfig:
         for key, value in typed.items():
             object.__setattr__(self, key, value)
 
-    def run_name(self, model: str, fraction: float) -> str:
-        return f"{model}-f{fraction:g}"
+    def run_name(self, model: str, fraction: float, seed: int | None = None) -> str:
+        return f"{model}-f{fraction:g}" + ("" if seed is None else f"-s{seed}")
+
+    def _seeds(self) -> tuple[int | None, ...]:
+        return self.seeds or (None,)
+
+    @staticmethod
+    def _seed_layer(seed: int | None) -> dict:
+        return {} if seed is None else {"train": {"seed": seed}}
 
     def run_configs(self) -> dict[str, RunConfig]:
         """Run name -> resolved RunConfig, validated up front (before anything trains)."""
         return {
-            self.run_name(model, fraction): self._resolve(
-                fraction, self._model_layer(model), {"model": {"name": model}}
+            self.run_name(model, fraction, seed): self._resolve(
+                fraction,
+                self._model_layer(model),
+                {"model": {"name": model}},
+                self._seed_layer(seed),
             )
             for fraction in self.fractions
             for model in self.models
+            for seed in self._seeds()
         }
 
     def _model_layer(self, model: str) -> dict:
@@ -147,8 +165,11 @@ class StudyConfig:
             names = list(ablation.analyses or self.analyses)
             base = self._model_layer(ablation.model["name"])
             for fraction in ablation.fractions or self.fractions:
-                cfg = self._resolve(fraction, base, ablation.overrides())
-                out[self.run_name(name, fraction)] = (cfg, names)
+                for seed in self._seeds():
+                    cfg = self._resolve(
+                        fraction, base, ablation.overrides(), self._seed_layer(seed)
+                    )
+                    out[self.run_name(name, fraction, seed)] = (cfg, names)
         return out
 
     def buildup_config(self):
@@ -232,8 +253,9 @@ def load_study(preset: str) -> StudyConfig:
 
 
 #: fields a study may gain or change in an existing folder: their runs guard themselves
-#: (a run directory or build-up search refuses a different config), the description is text
-GROWABLE = ("description", "ablations", "buildup")
+#: (a run directory or build-up search refuses a different config; a new seed is new runs),
+#: the description is text
+GROWABLE = ("description", "ablations", "buildup", "seeds")
 
 
 def _core(study: StudyConfig) -> dict:
@@ -300,6 +322,7 @@ def reproduce(
     *,
     force: Sequence[str] = (),
     device: str | None = None,
+    seeds: Sequence[int] | None = None,
     log: Callable[[str], None] = print,
 ) -> Path:
     """Run a whole study: train every run, run every analysis, build the report.
@@ -312,6 +335,7 @@ def reproduce(
         out: the study directory.
         force: steps to redo: ``train``, ``analyze`` (all analyses) or an analysis name.
         device: overrides ``train.device`` and the analyses' device.
+        seeds: overrides the study's ``seeds`` (one run per model, fraction and seed).
         log: where progress lines go.
 
     Returns:
@@ -320,6 +344,8 @@ def reproduce(
     from .report import build_report
 
     study = preset if isinstance(preset, StudyConfig) else load_study(preset)
+    if seeds is not None:
+        study = replace(study, seeds=tuple(seeds))
     main = dist_utils.is_main()  # under torchrun every rank runs the study; rank 0 writes
     if not main:
         log = lambda line: None  # noqa: E731

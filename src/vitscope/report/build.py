@@ -8,7 +8,8 @@ atomically:
   external resources) with the runs' summary table, one section per question of the paper
   with its figures (all models side by side), and the findings table;
 - ``report.md``: the same content in Markdown, its figures saved under ``figures/`` and
-  linked relatively.
+  linked relatively;
+- ``findings.json``: the findings, machine-readable (:func:`write_findings`).
 
 Everything is read from saved files (:mod:`.load`); nothing is recomputed, and no model is
 imported. The claims are checked by :mod:`.claims`, the sections built by :mod:`.sections`
@@ -22,9 +23,10 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from ..errors import VitscopeError
-from ..io import atomic_write_text
+from ..io import atomic_write_json, atomic_write_text
 from .blocks import Block, FigureWriter, Heading, Text
 from .claims import FAILS, HOLDS, INCONCLUSIVE, VERDICTS, Finding, check_all
+from .claims.base import LEVEL
 from .load import StudyRun, load_ablations, load_runs
 from .render import render_html, render_markdown
 from .sections import (
@@ -118,6 +120,7 @@ def build_report(
     ablations = load_ablations(studies, runs)
     found = check_all(runs, ablations)
     title = "vitscope report: " + ", ".join(s["name"] for s in studies)
+    seeds = sorted({r.seed for r in runs})
     blocks: list[Block] = [
         Heading("Runs", 2, "runs"),
         summary_table([*runs, *ablations], len(studies)),
@@ -130,13 +133,50 @@ def build_report(
         *section_other(runs, out_dir),
         Heading("Findings", 2, "findings"),
         Text(
-            "Each claim is checked by a fixed rule on the saved results (column Rule; "
-            "thresholds in `vitscope.report.claims.base`). Inconclusive: the data are missing, "
-            "too few or mixed."
+            "Each claim is an effect estimated from the saved results with a 95% interval "
+            "(column Rule: the effect, its null and how it is resampled; "
+            "`docs/methods/findings.md`). It holds when the interval lies on the claim's side "
+            "of the null, does not hold when it lies on the other side, and is inconclusive "
+            "when it straddles the null or the data are missing. The same table is in "
+            "`findings.json`."
         ),
+        Text(_seed_note(seeds), note=True),
         findings_table(found),
     ]
     intro = _intro(studies, runs, found)
     atomic_write_text(md_path, render_markdown(title, intro, blocks))
     atomic_write_text(html_path, render_html(title, intro, blocks))
+    write_findings(out_dir / "findings.json", studies, found, seeds)
     return html_path
+
+
+def _seed_note(seeds: Sequence[int]) -> str:
+    if len(seeds) > 1:
+        return (
+            f"Seeds {', '.join(map(str, seeds))}: where an effect is defined for two or more "
+            "seeds, its interval is a Student-t interval over the seeds (n = seeds)."
+        )
+    return (
+        f"One seed ({seeds[0] if seeds else 0}): the intervals come from resampling inside "
+        "each run (test images, mini-batches) and do not cover seed-to-seed variation; a "
+        "study with `seeds: [0, 1, 2]` does."
+    )
+
+
+def write_findings(
+    path: Path, studies: Sequence[dict], found: Sequence[Finding], seeds: Sequence[int]
+) -> Path:
+    """``findings.json``: every claim's id, text, verdict, estimate, interval, n, unit,
+    measures and evidence, so one study's findings can be compared with another's."""
+    from .. import __version__
+
+    doc = {
+        "studies": [{"name": s["name"], "path": str(s["path"])} for s in studies],
+        "seeds": list(seeds),
+        "level": LEVEL,
+        "vitscope": __version__,
+        "generated": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        "findings": [f.to_dict() for f in found],
+    }
+    atomic_write_json(path, doc)
+    return path

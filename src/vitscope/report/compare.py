@@ -20,6 +20,7 @@ from .figures import save_figure, unit_marker
 from .hessian_figures import draw_spectra
 from .landscape_figures import plot_landscape_1d
 from .load import family
+from .spread import group_label, groups, plot_band, same_length
 
 SIZE = (5, 3.4)
 
@@ -33,18 +34,14 @@ def _over_depth(keys: type, key: str, ylabel: str, *, ymin: float | None = None)
 
     def draw(results: Sequence[Result], fig: Figure) -> None:
         ax = fig.subplots()
-        for r in results:
-            units = r.values[keys.UNITS]
+        for group, members in groups(results):
+            units = members[0].values[keys.UNITS]
             depth = [u["depth"] for u in units]
-            values = np.array([np.nan if v is None else v for v in r.values[key]], dtype=float)
-            ax.plot(
-                depth,
-                values,
-                marker=unit_marker(units),
-                ms=4,
-                lw=1.2,
-                label=_label(r),
-            )
+            rows = [[np.nan if v is None else v for v in r.values[key]] for r in members]
+            if not same_length(rows):  # seeds of different architectures: draw each
+                rows, members = rows[:1], members[:1]
+            label = group_label(group, members) if len(members) > 1 else _label(members[0])
+            plot_band(ax, depth, rows, label, marker=unit_marker(units), ms=4, lw=1.2)
         if ymin is not None:
             ax.set_ylim(bottom=ymin)
         else:
@@ -63,10 +60,16 @@ lesion = _over_depth(LesionKeys, LesionKeys.DELTA_ACC, "ΔAccuracy (%)")
 
 def noise(results: Sequence[Result], fig: Figure) -> None:
     ax = fig.subplots()
-    for r in results:
+    for group, members in groups(results):
+        r = members[0]
         marker = "o" if family(str(r.meta.get("model", "")), r.meta.get("family")) == "ViT" else "D"
-        v = r.values
-        ax.plot(v[NoiseKeys.FREQUENCIES], v[NoiseKeys.DELTA_ACC], marker=marker, label=_label(r))
+        rows = [
+            [np.nan if d is None else d for d in m.values[NoiseKeys.DELTA_ACC]] for m in members
+        ]
+        if not same_length(rows):
+            rows, members = rows[:1], members[:1]
+        label = group_label(group, members) if len(members) > 1 else _label(r)
+        plot_band(ax, r.values[NoiseKeys.FREQUENCIES], rows, label, marker=marker)
     ax.axhline(0, color="0.7", lw=0.6)
     ax.set_xlim(0, 1)
     ax.set_xticks([0, 0.5, 1.0], ["0.0π", "0.5π", "1.0π"])

@@ -22,6 +22,7 @@ import numpy as np
 
 from ..analyses.keys import HessianKeys
 from .load import family
+from .spread import group_label, groups, plot_band
 
 if TYPE_CHECKING:  # pragma: no cover
     from matplotlib.figure import Figure
@@ -111,12 +112,18 @@ def plot_hessian_spectrum(results: Sequence[Result], axes, *, limits=None) -> No
         limits = _limits(values)
     neg_grid = np.linspace(limits[0], 0.0, GRID_POINTS)
     pos_grid = np.linspace(0.0, limits[1], GRID_POINTS)
-    for v, style in zip(values, _styles(results)):
-        if v.size == 0:
+    by_id = {id(r): v for r, v in zip(results, values)}
+    grouped = groups(results)
+    styles = _styles([members[0] for _, members in grouped])
+    for (group, members), style in zip(grouped, styles):
+        vs = [by_id[id(r)] for r in members if by_id[id(r)].size]
+        if not vs:
             continue
-        neg, pos = v[v < 0], v[v >= 0]
-        ax_neg.plot(neg_grid, half_density(neg, neg_grid, v.size), lw=1.5, **style)
-        ax_pos.plot(pos_grid, half_density(pos, pos_grid, v.size), lw=1.5, **style)
+        if len(vs) > 1:
+            style = {**style, "label": group_label(group, vs)}
+        for ax, grid, pick in ((ax_neg, neg_grid, np.less), (ax_pos, pos_grid, np.greater_equal)):
+            rows = [half_density(v[pick(v, 0)], grid, v.size) for v in vs]
+            plot_band(ax, grid, rows, lw=1.5, **style)
     ax_neg.set_xlim(limits[0], 0.0)
     ax_pos.set_xlim(0.0, limits[1])
     for ax in (ax_neg, ax_pos):

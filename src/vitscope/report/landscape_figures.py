@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from ..analyses.keys import LandscapeKeys
+from .spread import group_label, groups, plot_band
 
 if TYPE_CHECKING:  # pragma: no cover
     from matplotlib.figure import Figure
@@ -90,10 +91,14 @@ def plot_landscape_surface(result: Result, ax, which: str = LandscapeKeys.LOSS) 
 
 
 def plot_landscape_1d(results: Sequence[Result], ax, which: str = LandscapeKeys.LOSS) -> None:
-    """Curves of ``z - min(z)`` along d1 through the centre, one per run, overlaid."""
-    for r in results:
-        xs, z = landscape_slice(r, which)
-        ax.plot(xs, _shifted(z), marker="o", ms=3, label=r.label() or None)
+    """Curves of ``z - min(z)`` along d1 through the centre, one per run (the seeds of a run
+    as their mean with a 95% band), overlaid."""
+    for group, members in groups(results):
+        curves = [landscape_slice(r, which) for r in members]
+        if len({len(xs) for xs, _ in curves}) > 1 or len(members) == 1:
+            curves, members = curves[:1], members[:1]
+        label = group_label(group, members) if len(members) > 1 else members[0].label() or None
+        plot_band(ax, curves[0][0], [_shifted(z) for _, z in curves], label, marker="o", ms=3)
     ax.axvline(0, color="0.6", lw=0.8)
     ax.set_xlabel("d1")
     ax.set_ylabel(f"{QUANTITIES[which]} − min")

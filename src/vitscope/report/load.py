@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import yaml
 
 from ..errors import VitscopeError
@@ -89,6 +90,9 @@ class StudyRun:
     kwargs: dict = field(default_factory=dict)
     ablation: bool = False
     recorded_family: str | None = None
+    seed: int = 0  # ``train.seed``: runs that differ only in it are replicates
+    group: str = ""  # the label without the seed: the replicates of one configuration
+    _predictions: Any = field(default=None, repr=False)
 
     @property
     def variant(self) -> str:
@@ -117,6 +121,20 @@ class StudyRun:
         accs = [float(r["test_acc"]) for r in self.metrics if finite(r.get("test_acc"))]
         return max(accs) if accs else None
 
+    @property
+    def best_epoch(self) -> int | None:
+        """The first epoch with the best test accuracy (the one ``best.pt`` holds)."""
+        best = self.best_acc
+        rows = [r for r in self.metrics if finite(r.get("test_acc"))]
+        return next((int(r["epoch"]) for r in rows if float(r["test_acc"]) == best), None)
+
+    def correct(self) -> np.ndarray | str:
+        """Per test image, whether the best epoch classified it right (``predictions.npz``),
+        or why that is not known (a one-line reason)."""
+        if self._predictions is None:
+            self._predictions = _read_predictions(self.path / "predictions.npz", self.best_epoch)
+        return self._predictions
+
     def result(self, name: str) -> Result | None:
         return self.results.get(name)
 
@@ -125,6 +143,25 @@ class StudyRun:
         if name in self.results:
             return "ok"
         return f"unreadable: {self.errors[name]}" if name in self.errors else "not run"
+
+
+def _read_predictions(path: Path, best_epoch: int | None) -> np.ndarray | str:
+    """``pred == label`` of a ``predictions.npz`` written for ``best_epoch``, or why not."""
+    if not path.is_file():
+        return (
+            f"no {path.name} in {path.parent} (training writes it for the best epoch; for an "
+            f"older run `vitscope evaluate {path.parent}` does)"
+        )
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            pred, label, epoch = npz["pred"], npz["label"], int(npz["epoch"])
+    except (OSError, ValueError, KeyError) as e:
+        return f"{path} is unreadable ({e})"
+    if pred.shape != label.shape or pred.ndim != 1 or not len(pred):
+        return f"{path} holds no per-image predictions"
+    if best_epoch is not None and epoch != best_epoch:
+        return f"{path} is of epoch {epoch}, not the best epoch {best_epoch}"
+    return pred == label
 
 
 def find_run_dirs(study_dir: Path, sub: str = "runs") -> list[Path]:
@@ -165,6 +202,7 @@ def load_run(run_dir: Path, study: str, name: str) -> StudyRun:
     model = str((cfg.get("model") or {}).get("name") or "?")
     data = cfg.get("data") or {}
     kwargs = (cfg.get("model") or {}).get("kwargs") or {}
+    seed = (cfg.get("train") or {}).get("seed", 0)
     run = StudyRun(
         name=name,
         path=run_dir,
@@ -174,6 +212,7 @@ def load_run(run_dir: Path, study: str, name: str) -> StudyRun:
         fraction=float(data.get("fraction") or 1.0),
         metrics=read_jsonl(run_dir / "metrics.jsonl"),
         kwargs=dict(kwargs) if isinstance(kwargs, dict) else {},
+        seed=int(seed) if finite(seed) else 0,
     )
     for analysis in saved_names(run_dir / "results"):
         if analysis.startswith("evaluate_"):  # `vitscope evaluate` metrics, not a result
@@ -229,9 +268,11 @@ def load_ablations(studies: Sequence[dict], runs: Sequence[StudyRun]) -> list[St
         r.label = " ".join(
             x for x in (r.model, r.variant, f"({pct(r.fraction)})" if r.fraction < 1 else "") if x
         )
-        # the later runs' labels are still empty here: only the second of a clash is marked
+    _seed_labels(out)
+    for r in out:  # a label still clashing (another study, a main run) gets the run's name
         if r.label in taken or sum(o.label == r.label for o in out) > 1:
             r.label = f"{r.label} [{r.name}]"
+            r.group = r.label
     out.sort(key=lambda r: (r.study, -r.fraction, r.model, r.name))
     return out
 
@@ -241,7 +282,8 @@ def _family_rank(fam: str) -> int:
 
 
 def _unique_names(runs: list[StudyRun]) -> None:
-    """Prefix names and labels with the study (then the run name) where they would clash."""
+    """Prefix names and labels with the study (then the run name) where they would clash;
+    runs that differ only in their seed share a group and are labelled ``... s<seed>``."""
     clash = _duplicates(r.name for r in runs)
     for r in runs:
         if r.name in clash:
@@ -250,10 +292,23 @@ def _unique_names(runs: list[StudyRun]) -> None:
     if len({r.dataset for r in runs}) > 1:
         for r in runs:
             r.label += f" {r.dataset}"
+    _seed_labels(runs)
     clash = _duplicates(r.label for r in runs)
     for r in runs:
         if r.label in clash:
             r.label = f"{r.label} [{r.name}]"
+            r.group = r.label
+
+
+def _seed_labels(runs: Sequence[StudyRun]) -> None:
+    """``group`` = the label so far; ``label`` gains `` s<seed>`` where a group has seeds."""
+    seeds: dict[tuple, set[int]] = {}
+    for r in runs:
+        seeds.setdefault((r.study, r.label), set()).add(r.seed)
+    for r in runs:
+        r.group = r.label
+        if len(seeds[(r.study, r.label)]) > 1:
+            r.label = f"{r.label} s{r.seed}"
 
 
 def _duplicates(items: Iterable[str]) -> set[str]:

@@ -28,8 +28,9 @@ code{background:#eef1f4;padding:0 .3em;border-radius:3px;font-size:.92em}
 table{border-collapse:collapse;margin:1em 0;background:#fff;font-size:.86em;width:auto}
 th,td{border:1px solid #d8dee4;padding:4px 8px;text-align:left;vertical-align:top}
 th{background:#eef1f4}tr:nth-child(even) td{background:#f7f9fa}
-#findings td:nth-child(2){min-width:13em}#findings td:nth-child(4){min-width:22em}
-#findings td:nth-child(5){color:#5b6670;font-size:.92em;min-width:22em}
+#findings td:nth-child(2){min-width:13em}#findings td:nth-child(4){min-width:20em}
+#findings td:nth-child(5){white-space:nowrap}
+#findings td:nth-child(6),#findings td:nth-child(7){color:#5b6670;font-size:.92em;min-width:20em}
 .verdict{font-weight:600;white-space:nowrap;border-radius:4px;padding:1px 6px}
 .v-holds{background:#dcf5e3;color:#146c2e}.v-fails{background:#fde2e1;color:#a4161a}
 .v-inconclusive{background:#eceff2;color:#4b5560}
@@ -60,7 +61,7 @@ def _html_table(t: Table) -> str:
     for row in t.rows:
         cells = []
         for j, c in enumerate(row):
-            inner = _inline(c)
+            inner = _inline(c).replace("\n", "<br>")
             if j == t.verdict_col:
                 inner = f'<span class="verdict {_verdict_class(c)}">{inner}</span>'
             cells.append(f"<td>{inner}</td>")
@@ -113,7 +114,7 @@ def render_html(title: str, intro: Sequence[Block], blocks: Sequence[Block]) -> 
 
 
 def _md_cell(c: str) -> str:
-    return c.replace("|", "\\|").replace("\n", " ")
+    return c.replace("|", "\\|").replace("\n", "<br>")
 
 
 def _md_block(b: Block) -> str:

@@ -1,10 +1,10 @@
-"""Estimates with 95% intervals, and verdicts read from the interval (issue I, first part).
+"""Estimates with 95% intervals, and verdicts read from the interval.
 
 Every finding is to be an effect size with an interval from the right resampling unit (test
 images, mini-batches, seeds), and its verdict the interval's position against the claim's null:
 *holds* when the whole interval lies on the claim's side, *does not hold* when it lies on the
-other side, *inconclusive* when it straddles the null. This module holds the interval code;
-the claim rules do not use it yet. Methods (``docs/methods/statistics.md``):
+other side, *inconclusive* when it straddles the null. The claim rules
+(:mod:`vitscope.report.claims`) build on it. Methods (``docs/methods/statistics.md``):
 
 * :func:`mean_interval`: Student-t interval of a mean (seeds, batches).
 * :func:`proportion_interval`: Wilson score interval of a binomial proportion (a share of
@@ -13,7 +13,8 @@ the claim rules do not use it yet. Methods (``docs/methods/statistics.md``):
   of one or more arrays resampled together (paired designs: the same test images for two
   models).
 * :func:`spearman_interval`: Spearman's ρ with a Fisher-z interval (standard error
-  ``sqrt(1.06 / (n - 3))``, Fieller, Hartley and Pearson 1957).
+  ``sqrt(1.06 / (n - 3))``, Fieller, Hartley and Pearson 1957); a perfect ρ is bounded as
+  the nearest imperfect ρ its n allows.
 
 Plain numpy and scipy: no torch.
 """
@@ -150,9 +151,17 @@ def spearman_interval(
     rho = float(sps.spearmanr(a, b).statistic) if n >= 2 else math.nan
     if n < 4 or not math.isfinite(rho):
         return Estimate(rho, -1.0, 1.0, n, unit, "fisher-z", _level(level))
-    z = math.atanh(max(min(rho, 1 - 1e-12), -1 + 1e-12))
+    # Fisher z is infinite at |ρ| = 1: a perfect ρ is bounded like the nearest imperfect one
+    # n points can give (one adjacent swap: 1 - 12 / (n (n² - 1))), and reaches ±1 itself
+    top = 1 - 12 / (n * (n * n - 1))
+    z = math.atanh(max(min(rho, top), -top))
     half = float(sps.norm.ppf(0.5 + _level(level) / 2)) * math.sqrt(1.06 / (n - 3))
-    return Estimate(rho, math.tanh(z - half), math.tanh(z + half), n, unit, "fisher-z", level)
+    low, high = math.tanh(z - half), math.tanh(z + half)
+    if rho >= top:
+        high = 1.0
+    if rho <= -top:
+        low = -1.0
+    return Estimate(rho, min(low, rho), max(high, rho), n, unit, "fisher-z", level)
 
 
 __all__ = [

@@ -27,6 +27,7 @@ from .claims.accuracy import OverfitPoint
 from .figures import subplots
 from .hessian_figures import FAMILY_COLOURS
 from .load import StudyRun, pct
+from .spread import mean_band
 
 # the paper's markers: ResNet diamonds, ViT circles
 FAMILY_MARKERS = {"ResNet": "D", "ViT": "o", "PiT": "s", "Swin": "^", "AlterNet": "P"}
@@ -113,17 +114,28 @@ def _fraction_axis(ax, fractions: Sequence[float]) -> None:
 
 
 def _lines(ax, series: dict[tuple[str, str], list[tuple[float, float, bool]]], styles) -> None:
-    """A line per ``(label, model)`` through ``(fraction, value, filled)`` points."""
+    """A line per ``(label, model)`` through ``(fraction, value, filled)`` points; several
+    points at one fraction (seeds) are their mean, with the 95% t interval as an error bar."""
     for (label, model), pts in series.items():
-        pts = sorted(pts)
-        st = styles[model]
-        x, y = [p[0] for p in pts], [p[1] for p in pts]
-        ax.plot(x, y, color=st["color"], lw=1.3, label=label)
+        by_f: dict[float, list[tuple[float, bool]]] = {}
         for f, v, filled in pts:
+            by_f.setdefault(f, []).append((v, filled))
+        st = styles[model]
+        x = sorted(by_f)
+        stats = [mean_band([[v] for v, _ in by_f[f]]) for f in x]
+        y = [float(m[0]) for m, *_ in stats]
+        seeds = max(len(by_f[f]) for f in x)
+        ax.plot(x, y, color=st["color"], lw=1.3,
+                label=label if seeds < 2 else f"{label}, {seeds} seeds")  # fmt: skip
+        for f, (m, lo, hi, _) in zip(x, stats):
+            filled = any(fl for _, fl in by_f[f])
             ax.scatter(
-                f, v, marker=st["marker"], s=30, zorder=3, edgecolors=st["color"],
+                f, m[0], marker=st["marker"], s=30, zorder=3, edgecolors=st["color"],
                 color=st["color"] if filled else "none",
             )  # fmt: skip
+            if len(by_f[f]) > 1:
+                ax.errorbar(f, m[0], yerr=[[m[0] - lo[0]], [hi[0] - m[0]]], color=st["color"],
+                            capsize=3, lw=1, zorder=2)  # fmt: skip
 
 
 def small_data_figure(points: Sequence[OverfitPoint]) -> Figure:

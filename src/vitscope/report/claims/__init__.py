@@ -2,16 +2,20 @@
 
 :func:`check_all` turns the :class:`~vitscope.report.load.StudyRun` records of a study into
 :class:`Finding` rows, one per rule of :data:`CHECKS` and :data:`ABLATION_CHECKS`. Every rule
-is one function with a documented rule whose thresholds are the constants of :mod:`.base`;
-its ``evidence`` gives the measured numbers and it is ``inconclusive``, with the reason, when
-the data are missing or mixed. Claims are from Park & Kim (ICLR 2022); the rules' reference
-is ``docs/methods/findings.md``.
+states its effect (an accuracy difference, a share of units, a ratio, Spearman's ρ), the
+effect's null and the claim's side of it; :func:`.base.measure` estimates the effect with a
+95% interval (t over seeds, or a bootstrap over test images or mini-batches inside the runs of
+one seed) and the verdict is read from the interval: *holds* when it lies on the claim's side
+of the null, *does not hold* when on the other, *inconclusive* when it straddles it or the
+data are missing. Claims are from Park & Kim (ICLR 2022); the rules' reference is
+``docs/methods/findings.md``.
 
 The rules, by topic: :mod:`.units` (claims 1-4), :mod:`.curvature` (5-7), :mod:`.accuracy`
-(8-9), :mod:`.robustness` (10-11), :mod:`.ablations` (GAP head, local MSA). A new claim is
-one new rule function in one of them, listed below.
+(8-9), :mod:`.robustness` (10-11), :mod:`.ablations` (GAP head, local MSA); what they read
+from a run under resampling is :mod:`.samples`. A new claim is one new rule function in one
+of them, listed below.
 
-Plain numpy: no torch, no models, no matplotlib.
+Plain numpy and scipy: no torch, no models, no matplotlib.
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ from collections.abc import Sequence
 from ..load import StudyRun
 from .ablations import check_gap_head, check_local_msa
 from .accuracy import check_alternet, check_no_overfitting
-from .base import FAILS, HOLDS, INCONCLUSIVE, VERDICTS, Finding, Rule
+from .base import FAILS, HOLDS, INCONCLUSIVE, VERDICTS, Finding, Measure, Rule
 from .curvature import check_flat_landscape, check_hessian_negative, check_hessian_small_data
 from .robustness import check_lesion, check_noise
 from .units import (
@@ -67,6 +71,7 @@ __all__ = [
     "INCONCLUSIVE",
     "VERDICTS",
     "Finding",
+    "Measure",
     "Rule",
     "check_all",
     "check_msa_high_freq",

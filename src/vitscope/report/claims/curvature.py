@@ -1,7 +1,7 @@
 """Claims 5-7: Hessian spectra and the loss landscape (non-convex, small data, flatness).
 
-Also the measures the report's tables and the ablation rules read: :func:`negative_share`,
-:func:`fewer_negatives`, :func:`top_eigenvalue`, :func:`landscape_rise`.
+Also the plain per-result measures the report's tables read: :func:`hessian_eigenvalues`,
+:func:`negative_share`, :func:`top_eigenvalue`, :func:`landscape_rise`.
 """
 
 from __future__ import annotations
@@ -10,23 +10,24 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from ...analyses.keys import HessianKeys, LandscapeKeys
+from ...analyses.keys import HessianKeys
 from ...results import Result
 from ..load import StudyRun, finite, pct
+from . import samples
 from .base import (
-    HESSIAN_NEG_MARGIN,
-    INCONCLUSIVE,
     LANDSCAPE_RING,
     Finding,
-    family_groups,
-    family_pairs,
+    Measure,
+    Resample,
+    family_keys,
+    finding,
     key_str,
-    mean_of,
+    mean_over,
+    measure,
     none_run,
-    unanimous,
 )
 
-# ---- measures --------------------------------------------------------------------------------
+# ---- plain measures of one result (tables) -----------------------------------------------------
 
 
 def hessian_eigenvalues(result: Result) -> np.ndarray:
@@ -45,36 +46,6 @@ def negative_share(result: Result) -> float | None:
     return float(v) if finite(v) else None
 
 
-def negative_ratio(result: Result) -> float | None:
-    """Mean over batches of ``max(0, -λ_min) / λ_max``: how negative the spectrum reaches,
-    relative to its top (scale-free, so models with different curvature scales compare)."""
-    lo = result.values.get(HessianKeys.SMALLEST) or []
-    hi = result.values.get(HessianKeys.LARGEST) or []
-    ratios = [max(0.0, -a) / b for a, b in zip(lo, hi) if finite(a) and finite(b) and b > 0]
-    return float(np.mean(ratios)) if ratios else None
-
-
-def fewer_negatives(a: Sequence[StudyRun], b: Sequence[StudyRun]) -> tuple[bool | None, str]:
-    """Whether runs ``a`` have fewer negative Hessian eigenvalues than runs ``b``.
-
-    Compares the share of negative top-k eigenvalues; a tie (common with few batches) is
-    broken by :func:`negative_ratio`; still tied (or missing): ``None``. Returns the vote and
-    the numbers behind it.
-    """
-    sa, sb = mean_of(a, negative_share, "hessian"), mean_of(b, negative_share, "hessian")
-    ra, rb = mean_of(a, negative_ratio, "hessian"), mean_of(b, negative_ratio, "hessian")
-    if sa is None or sb is None:
-        return None, "no eigenvalues"
-    text = f"negative share {sa:.1%} vs {sb:.1%}"
-    if ra is not None and rb is not None:
-        text += f", |λmin|/λmax {ra:.3f} vs {rb:.3f}"
-    if sa != sb:
-        return sa < sb, text
-    if ra is None or rb is None or ra == rb:
-        return None, text + " (tied)"
-    return ra < rb, text
-
-
 def top_eigenvalue(result: Result) -> float | None:
     """Mean over batches of the largest Hessian eigenvalue (``values.largest``, else top-k max)."""
     largest = [float(v) for v in result.values.get(HessianKeys.LARGEST) or [] if finite(v)]
@@ -84,103 +55,168 @@ def top_eigenvalue(result: Result) -> float | None:
     return float(np.mean(largest)) if largest else None
 
 
-def landscape_rise(result: Result, ring: float) -> tuple[float, float] | None:
-    """``(r, mean NLL+L2 on the ring nearest ring - NLL+L2 at the centre)``, or None."""
-    center = (result.values.get(LandscapeKeys.CENTER) or {}).get("loss")
-    rings = [
-        row
-        for row in result.values.get(LandscapeKeys.RINGS) or []
-        if row.get("r", 0) > 0 and finite(row.get("loss"))
-    ]
-    if not finite(center) or not rings:
-        return None
-    row = min(rings, key=lambda row: (abs(row["r"] - ring), row["r"]))
-    return float(row["r"]), float(row["loss"]) - float(center)
+landscape_rise = samples.ring_rise  # (r, rise) of one result, for the report's tables
 
 
-def _rise(result: Result) -> float | None:
-    got = landscape_rise(result, LANDSCAPE_RING)
-    return None if got is None else got[1]
+# ---- effects over runs -----------------------------------------------------------------------
+
+
+def share_of(runs: Sequence[StudyRun], rs: Resample) -> float | None:
+    """Mean over ``runs`` of the share of negative top-k eigenvalues (resampled batches)."""
+    return mean_over(samples.negative_share(r, rs) for r in runs if "hessian" in r.results)
+
+
+def negative_difference(
+    a: Sequence[StudyRun], b: Sequence[StudyRun], label: str, side: str
+) -> Measure | None:
+    """Share of negative eigenvalues of runs ``a`` minus that of runs ``b`` (null 0)."""
+    ids_a, ids_b = {id(r) for r in a}, {id(r) for r in b}
+
+    def diff(rs: Sequence[StudyRun], resample: Resample) -> float | None:
+        x = share_of([r for r in rs if id(r) in ids_a], resample)
+        y = share_of([r for r in rs if id(r) in ids_b], resample)
+        return None if x is None or y is None else x - y
+
+    def context(rs: Sequence[StudyRun]) -> str:
+        x = share_of([r for r in rs if id(r) in ids_a], Resample())
+        y = share_of([r for r in rs if id(r) in ids_b], Resample())
+        return f"negative share {x:.1%} vs {y:.1%}" if x is not None and y is not None else ""
+
+    return measure(
+        [*a, *b], diff, label=label, unit="mini-batches", side=side, fmt="+.3f", context=context
+    )
+
+
+def _ratio(a: float | None, b: float | None) -> float | None:
+    return None if a is None or b is None or b <= 0 or a <= 0 else a / b
 
 
 # ---- rules -----------------------------------------------------------------------------------
+
+_INTERVAL = (
+    "Interval: t over seeds, or (one seed) a bootstrap over the Hessian's mini-batches (the "
+    "same batch indices for models trained on the same subset)."
+)
 
 
 def check_hessian_negative(runs: Sequence[StudyRun]) -> Finding:
     """Claim 5: ViT has a larger share of negative Hessian eigenvalues than ResNet (Fig 1c)."""
     claim = "ViT has more negative Hessian eigenvalues than ResNet (non-convex losses)"
     detail = (
-        "Share of negative values among the batch-wise top-k Hessian eigenvalues "
-        f"(`hessian.values.{HessianKeys.EIGENVALUES}`), ViT vs ResNet runs on the same dataset "
-        "and fraction (mean over runs). Holds if ViT's share exceeds ResNet's by > "
-        f"{HESSIAN_NEG_MARGIN:g} at every such fraction, does not hold if at none, else "
-        "inconclusive. Paper: Fig 1c, Fig 4 (docs/methods/hessian.md)."
+        "Effect: share of negative values among the batch-wise top-k Hessian eigenvalues "
+        f"(`hessian.values.{HessianKeys.EIGENVALUES}`) of ViT minus that of ResNet, per "
+        "dataset and fraction. Holds when every 95% interval lies above 0, does not hold when "
+        f"every one lies below, else inconclusive. {_INTERVAL} Paper: Fig 1c, Fig 4 "
+        "(docs/methods/hessian.md)."
     )
-    pairs, why = family_pairs(runs, "ViT", "ResNet", "hessian", negative_share)
-    if not pairs:
-        return Finding(claim, INCONCLUSIVE, why, detail)
-    votes = [v > r + HESSIAN_NEG_MARGIN for _, v, r in pairs]
-    evidence = "; ".join(f"{key_str(k)}: ViT {v:.1%} vs ResNet {r:.1%}" for k, v, r in pairs)
-    return Finding(claim, unanimous(votes), evidence, detail)
+    keys, why = family_keys(runs, ("ViT", "ResNet"), "hessian")
+    out = []
+    for key in keys:
+        at = [r for r in runs if r.key == key and "hessian" in r.results]
+        m = negative_difference(
+            [r for r in at if r.family == "ViT"],
+            [r for r in at if r.family == "ResNet"],
+            f"{key_str(key)}: negative share ViT - ResNet",
+            "greater",
+        )
+        if m is not None:
+            out.append(m)
+    return finding("hessian-negative", claim, detail, out, why)
 
 
 def check_hessian_small_data(runs: Sequence[StudyRun]) -> Finding:
     """Claim 6: ViT's negative eigenvalues grow with less data (Fig 1c's "ViT (6%)")."""
     claim = "ViT has more negative Hessian eigenvalues with less data"
     detail = (
-        "Share of negative top-k Hessian eigenvalues of ViT runs at the smallest vs the largest "
-        "data fraction of each dataset. Holds if larger at the smallest fraction for every "
-        "dataset, does not hold if for none, else inconclusive. Paper: Fig 1c (ViT vs ViT (6%))."
+        "Effect: share of negative top-k Hessian eigenvalues of the ViT runs at the smallest "
+        "data fraction of a dataset minus that at the largest. Holds when every dataset's 95% "
+        "interval lies above 0, does not hold when every one lies below, else inconclusive. "
+        "Interval: t over seeds, or (one seed) a bootstrap over each run's mini-batches. "
+        "Paper: Fig 1c (ViT vs ViT (6%))."
     )
-    groups = family_groups(runs, "ViT", "hessian")
-    by_data: dict[str, list[tuple]] = {}
-    for key, rs in groups.items():
-        share = mean_of(rs, negative_share, "hessian")
-        if share is not None:
-            by_data.setdefault(key[0], []).append((key[1], share))
-    comps = []
-    for dataset, rows in sorted(by_data.items()):
-        if len(rows) >= 2:
-            rows.sort()
-            (f_small, s_small), (f_full, s_full) = rows[0], rows[-1]
-            comps.append((dataset, f_small, s_small, f_full, s_full))
-    if not comps:
+    vit = [r for r in runs if r.family == "ViT" and "hessian" in r.results]
+    out = []
+    for dataset in sorted({r.dataset for r in vit}):
+        fractions = sorted({r.key[1] for r in vit if r.dataset == dataset})
+        if len(fractions) < 2:
+            continue
+        small = [r for r in vit if r.key == (dataset, fractions[0])]
+        full = [r for r in vit if r.key == (dataset, fractions[-1])]
+        label = f"{dataset}: negative share ViT {pct(fractions[0])} - {pct(fractions[-1])}"
+        m = negative_difference(small, full, label, "greater")
+        if m is not None:
+            out.append(m)
+    why = ""
+    if not out:
         why = (
             none_run("hessian", runs)
             if not any("hessian" in r.results for r in runs)
             else "needs hessian results of ViT runs at two data fractions of one dataset; have: "
-            + (", ".join(map(key_str, sorted(groups))) or "no ViT run")
+            + (", ".join(sorted({key_str(r.key) for r in vit})) or "no ViT run")
         )
-        return Finding(claim, INCONCLUSIVE, why, detail)
-    votes = [s_small > s_full for _, _, s_small, _, s_full in comps]
-    evidence = "; ".join(
-        f"{d}: ViT {pct(fs)} {ss:.1%} vs {pct(ff)} {sf:.1%}" for d, fs, ss, ff, sf in comps
-    )
-    return Finding(claim, unanimous(votes), evidence, detail)
+    return finding("hessian-small-data", claim, detail, out, why)
+
+
+def _ratio_measure(
+    runs: Sequence[StudyRun], key: tuple, analysis: str, value, label: str
+) -> Measure | None:
+    """ViT's ``value(run, resample)`` over ResNet's at ``key`` (null 1, claim < 1)."""
+
+    def of(rs: Sequence[StudyRun], fam: str, resample: Resample) -> float | None:
+        at = [r for r in rs if r.key == key and r.family == fam and analysis in r.results]
+        return mean_over(value(r, resample) for r in at)
+
+    def ratio(rs: Sequence[StudyRun], resample: Resample) -> float | None:
+        return _ratio(of(rs, "ViT", resample), of(rs, "ResNet", resample))
+
+    def context(rs: Sequence[StudyRun]) -> str:
+        v, r = of(rs, "ViT", Resample()), of(rs, "ResNet", Resample())
+        fmt = lambda x: "-" if x is None else f"{x:.3g}"  # noqa: E731
+        return f"ViT {fmt(v)} vs ResNet {fmt(r)}"
+
+    at = [r for r in runs if r.key == key and analysis in r.results]
+    return measure(
+        at, ratio, label=label, unit="mini-batches", null=1.0, side="less", fmt=".3g",
+        context=context,
+    )  # fmt: skip
 
 
 def check_flat_landscape(runs: Sequence[StudyRun]) -> Finding:
     """Claim 7: MSAs flatten the loss landscape (Fig 1a, Fig 1c)."""
     claim = "MSAs flatten the loss landscape (ViT flatter than ResNet)"
     detail = (
-        "Two measures, ViT vs ResNet runs on the same dataset and fraction: (a) the rise of "
-        f"NLL + L2 from the centre to the L∞ ring nearest r = {LANDSCAPE_RING:g} "
-        f"(`landscape.values.{LandscapeKeys.RINGS}`); (b) the mean over batches of the largest "
-        "Hessian eigenvalue. Each comparison votes 'flatter' when ViT's number is smaller. "
-        "Holds if all votes say ViT is flatter, does not hold if none does, else inconclusive. "
-        "Paper: Fig 1a, Fig 1c (docs/methods/landscape.md; docs/methods/hessian.md)."
+        "Two effects, ViT over ResNet on the same dataset and fraction: (a) the ratio of the "
+        f"rises of NLL + L2 from the centre to the L∞ ring nearest r = {LANDSCAPE_RING:g} "
+        "(each batch's rise from `landscape.arrays.nll_batches` + `l2`, then their mean); "
+        "(b) the ratio of the mean largest Hessian eigenvalue. Null 1; the claim: < 1. Holds "
+        "when every interval lies below 1, does not hold when every one lies above, else "
+        "inconclusive; a rise or eigenvalue ≤ 0 leaves the ratio undefined. Interval: t over "
+        "seeds, or (one seed) a bootstrap over the mini-batches. Paper: Fig 1a, Fig 1c "
+        "(docs/methods/landscape.md; docs/methods/hessian.md)."
     )
-    votes, parts = [], []
-    pairs, why_l = family_pairs(runs, "ViT", "ResNet", "landscape", _rise)
-    for key, v, r in pairs:
-        votes.append(v < r)
-        parts.append(
-            f"{key_str(key)}: rise of NLL+L2 at r≈{LANDSCAPE_RING:g} ViT {v:.3g} vs ResNet {r:.3g}"
-        )
-    hpairs, why_h = family_pairs(runs, "ViT", "ResNet", "hessian", top_eigenvalue)
-    for key, v, r in hpairs:
-        votes.append(v < r)
-        parts.append(f"{key_str(key)}: top Hessian eigenvalue ViT {v:.3g} vs ResNet {r:.3g}")
-    if not votes:
-        return Finding(claim, INCONCLUSIVE, f"landscape: {why_l}; hessian: {why_h}", detail)
-    return Finding(claim, unanimous(votes), "; ".join(parts), detail)
+    lkeys, why_l = family_keys(runs, ("ViT", "ResNet"), "landscape")
+    hkeys, why_h = family_keys(runs, ("ViT", "ResNet"), "hessian")
+    out = []
+    for key in lkeys:
+        m = _ratio_measure(
+            runs, key, "landscape",
+            lambda r, rs: samples.landscape_rise(r, LANDSCAPE_RING, rs),
+            f"{key_str(key)}: rise of NLL+L2 at r≈{LANDSCAPE_RING:g}, ViT / ResNet",
+        )  # fmt: skip
+        if m is not None:
+            out.append(m)
+    for key in hkeys:
+        m = _ratio_measure(
+            runs, key, "hessian", samples.top_eigenvalue,
+            f"{key_str(key)}: top Hessian eigenvalue, ViT / ResNet",
+        )  # fmt: skip
+        if m is not None:
+            out.append(m)
+    why = "; ".join(
+        w
+        for w in (f"landscape: {why_l}" if why_l else "", f"hessian: {why_h}" if why_h else "")
+        if w
+    )
+    if not out and not why:
+        why = "the rises or eigenvalues are not positive: no ratio is defined"
+    return finding("flat-landscape", claim, detail, out, why)

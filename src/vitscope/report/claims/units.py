@@ -1,7 +1,9 @@
 """Claims 1-4: what each unit does to a per-unit quantity (Fourier amplitude, variance).
 
 Each claim is a :class:`UnitClaim`: which analysis and value, which units, which direction.
-One rule (:func:`check_units`) decides them all.
+One rule (:func:`check_units`) decides them all: the effect is the median change of the
+quantity over the selected units (the runs of a seed pooled), against the null 0. A median
+rather than a share of units: it is continuous, so seeds that agree still leave an interval.
 """
 
 from __future__ import annotations
@@ -12,19 +14,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from ...analyses.keys import FourierKeys, VarianceKeys
-from ...results import Result
-from ..load import StudyRun, finite
-from .base import (
-    FAILS_SHARE,
-    HOLDS_SHARE,
-    INCONCLUSIVE,
-    MIN_UNITS,
-    Finding,
-    by_share,
-    is_msa,
-    missing,
-    none_run,
-)
+from ..load import StudyRun
+from . import samples
+from .base import MIN_UNITS, Finding, Resample, by_seed, finding, is_msa, measure, missing, none_run
 
 
 def is_conv(u: dict) -> bool:
@@ -35,30 +27,15 @@ def is_conv_or_mlp(u: dict) -> bool:
     return is_conv(u) or u.get("kind") == "mlp"
 
 
-def unit_changes(
-    result: Result, key: str, select: Callable[[dict], bool], units_key: str = FourierKeys.UNITS
-) -> list[tuple[str, float]]:
-    """``(unit name, value[i] - value[i-1])`` for the units ``select`` picks (index >= 1).
-
-    ``units_key`` is the key of the result's unit table (``<Analysis>Keys.UNITS``).
-    """
-    units, values = result.values.get(units_key, []), result.values.get(key, [])
-    out = []
-    for i in range(1, min(len(units), len(values))):
-        a, b = values[i - 1], values[i]
-        if select(units[i]) and finite(a) and finite(b):
-            out.append((str(units[i].get("name", i)), float(b) - float(a)))
-    return out
-
-
 @dataclass(frozen=True)
 class UnitClaim:
     """A claim that the ``select``-ed units lower (or raise) ``analysis.values[key]``."""
 
+    id: str
     claim: str
     analysis: str
     key: str  # the per-unit value
-    units: str  # the unit table
+    images_key: str  # the per-image values behind it (units x images)
     select: Callable[[dict], bool]
     what: str  # the units, in the evidence ("MSA")
     lowers: bool
@@ -66,14 +43,24 @@ class UnitClaim:
     paper: str
 
     def detail(self) -> str:
-        sign = "lower" if self.lowers else "raise"
+        sign, rel = ("lower", "below") if self.lowers else ("raise", "above")
         return (
-            f"Δ = {self.quantity} of unit i minus that of unit i-1 "
-            f"(`{self.analysis}.values.{self.key}`), for every {self.what} unit of every run. "
-            f"Holds if ≥ {HOLDS_SHARE:.0%} of them {sign} it, does not hold if ≤ "
-            f"{FAILS_SHARE:.0%}, inconclusive in between or with < {MIN_UNITS} units. "
-            f"{self.paper}"
+            f"Δ = {self.quantity} of unit i minus that of unit i-1 (`{self.analysis}.values."
+            f"{self.key}`, the mean over test images), for every {self.what} unit of every "
+            "run. Effect: the median Δ over those units (pooled over the runs of a seed); the "
+            f"claim: they {sign} it, so the median lies {rel} 0. Holds when the 95% interval "
+            f"lies {rel} 0, does not hold when on the other side, inconclusive when it "
+            f"straddles 0 or with < {MIN_UNITS} units. Interval: t over seeds, or (one seed) a "
+            "bootstrap over test images (the same images for every unit and run). The share "
+            f"of units that {sign} it is in the evidence. {self.paper}"
         )
+
+    def changes(self, run: StudyRun, rs: Resample) -> list[float]:
+        got = samples.unit_changes(run, self.analysis, self.key, self.images_key, self.select, rs)
+        return [d for _, d in got]
+
+    def agrees(self, d: float) -> bool:
+        return d < 0 if self.lowers else d > 0
 
 
 def check_units(runs: Sequence[StudyRun], spec: UnitClaim) -> Finding:
@@ -81,63 +68,77 @@ def check_units(runs: Sequence[StudyRun], spec: UnitClaim) -> Finding:
     claim, analysis, detail = spec.claim, spec.analysis, spec.detail()
     have = [r for r in runs if analysis in r.results]
     if not have:
-        return Finding(claim, INCONCLUSIVE, none_run(analysis, runs), detail)
-    agree = n = 0
-    per_run, deltas = [], []
-    for r in have:
-        ch = [d for _, d in unit_changes(r.results[analysis], spec.key, spec.select, spec.units)]
-        if not ch:
-            continue
-        k = sum((d < 0) if spec.lowers else (d > 0) for d in ch)
-        agree, n = agree + k, n + len(ch)
-        deltas += ch
-        per_run.append(f"{r.name} {k}/{len(ch)}")
-    if n < MIN_UNITS:
+        return finding(spec.id, claim, detail, [], none_run(analysis, runs))
+    counts = {
+        s: sum(len(spec.changes(r, Resample())) for r in rs) for s, rs in by_seed(have).items()
+    }
+    if max(counts.values()) < MIN_UNITS:
         runs_with = ", ".join(r.name for r in have)
-        return Finding(
-            claim,
-            INCONCLUSIVE,
-            f"only {n} {spec.what} unit(s) in the runs with {analysis} results ({runs_with}); "
-            f"need ≥ {MIN_UNITS}{missing(runs, analysis)}",
-            detail,
+        why = (
+            f"only {max(counts.values())} {spec.what} unit(s) in the runs with {analysis} "
+            f"results ({runs_with}); need ≥ {MIN_UNITS}{missing(runs, analysis)}"
         )
-    share = agree / n
-    evidence = (
-        f"{agree}/{n} {spec.what} units ({share:.0%}) {'lower' if spec.lowers else 'raise'} "
-        f"the {spec.quantity}; median Δ = {np.median(deltas):+.3g}; per run: "
-        f"{', '.join(per_run)}{missing(runs, analysis)}"
+        return finding(spec.id, claim, detail, [], why)
+
+    def median(rs: Sequence[StudyRun], resample: Resample) -> float | None:
+        deltas = [d for r in rs for d in spec.changes(r, resample)]
+        return float(np.median(deltas)) if len(deltas) >= MIN_UNITS else None
+
+    def context(rs: Sequence[StudyRun]) -> str:
+        per_run, agree, n = [], 0, 0
+        for r in rs:
+            ch = spec.changes(r, Resample())
+            if ch:
+                k = sum(map(spec.agrees, ch))
+                agree, n = agree + k, n + len(ch)
+                per_run.append(f"{r.name} {k}/{len(ch)}")
+        sign = "lower" if spec.lowers else "raise"
+        return f"{agree}/{n} {spec.what} units {sign} it; per run: {', '.join(per_run)}"
+
+    m = measure(
+        have,
+        median,
+        label=f"median Δ {spec.quantity} over {spec.what} units",
+        unit="test images",
+        side="less" if spec.lowers else "greater",
+        fmt="+.3g",
+        context=context,
     )
-    return Finding(claim, by_share(share), evidence, detail)
+    return finding(spec.id, claim, detail, [m] if m else [], missing(runs, analysis).lstrip("; "))
 
 
 _HIGH_FREQ = dict(
     analysis="fourier",
     key=FourierKeys.HIGH_FREQ,
-    units=FourierKeys.UNITS,
+    images_key=FourierKeys.HIGH_FREQ_IMAGES,
     quantity="ΔLog amplitude at 1.0π",
     paper="Paper: Fig 2a, Fig 8 (docs/methods/fourier.md).",
 )
 _VARIANCE = dict(
     analysis="variance",
     key=VarianceKeys.VARIANCE,
-    units=VarianceKeys.UNITS,
+    images_key=VarianceKeys.VARIANCE_IMAGES,
     quantity="feature-map variance",
     paper="Paper: Fig 9, D.1 (docs/methods/variance.md).",
 )
 
 MSA_HIGH_FREQ = UnitClaim(
+    id="msa-low-pass",
     claim="MSA units lower the high-frequency amplitude of feature maps (low-pass filters)",
     select=is_msa, what="MSA", lowers=True, **_HIGH_FREQ,
 )  # fmt: skip
 CONV_HIGH_FREQ = UnitClaim(
+    id="conv-high-pass",
     claim="Conv units raise the high-frequency amplitude of feature maps (high-pass filters)",
     select=is_conv, what="Conv (non-downsampling)", lowers=False, **_HIGH_FREQ,
 )  # fmt: skip
 MSA_VARIANCE = UnitClaim(
+    id="msa-variance",
     claim="MSA units reduce feature-map variance",
     select=is_msa, what="MSA", lowers=True, **_VARIANCE,
 )  # fmt: skip
 CONV_VARIANCE = UnitClaim(
+    id="conv-variance",
     claim="Conv and MLP units increase feature-map variance",
     select=is_conv_or_mlp, what="Conv (non-downsampling) or MLP", lowers=False, **_VARIANCE,
 )  # fmt: skip

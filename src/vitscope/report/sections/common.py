@@ -10,6 +10,7 @@ from ...results import Result
 from .. import compare
 from ..blocks import Block, FigureWriter, Heading, Table, Text, gallery, group_name
 from ..load import StudyRun
+from ..spread import CAPTION
 
 
 def question(title: str, ident: str, answer: str) -> list[Block]:
@@ -20,8 +21,20 @@ def question(title: str, ident: str, answer: str) -> list[Block]:
 def labelled(run: StudyRun, name: str) -> Result:
     """The run's ``name`` result with the report's label, model and fraction in its meta."""
     res = run.results[name]
-    meta = {**res.meta, "label": run.label, "model": run.model, "fraction": run.fraction}
+    meta = {**res.meta, "label": run.label, "model": run.model, "fraction": run.fraction,
+            "group": run.group or run.label, "seed": run.seed}  # fmt: skip
     return replace(res, meta=meta)
+
+
+def first_seeds(runs: Sequence[StudyRun]) -> list[StudyRun]:
+    """One run per group (the lowest seed): per-run figures are not repeated per seed."""
+    best: dict[str, StudyRun] = {}
+    for r in runs:
+        g = r.group or r.label
+        if g not in best or r.seed < best[g].seed:
+            best[g] = r
+    keep = {id(r) for r in best.values()}
+    return [r for r in runs if id(r) in keep]
 
 
 def with_result(runs: Sequence[StudyRun], name: str) -> list[StudyRun]:
@@ -61,13 +74,15 @@ def overlays(
     items = []
     for key, rs in _groups(runs, name, by_dataset).items():
         where = key[0] if by_dataset else group_name(key)
+        seeds = len({r.seed for r in rs}) > 1
+        shown = ", ".join(dict.fromkeys(r.group or r.label for r in rs))
         items.append(
             figs.add(
                 f"{name}_compare_{'_'.join(map(str, key))}",
                 lambda rs=rs: compare.overlay(
                     name, getattr(compare, name), [labelled(r, name) for r in rs]
                 ),
-                f"{what}: {', '.join(r.label for r in rs)} ({where}).",
+                f"{what}: {shown} ({where}).{' ' + CAPTION if seeds else ''}",
                 wide=True,
             )
         )
@@ -86,6 +101,8 @@ class PerRun:
 
 def per_run(runs: Sequence[StudyRun], name: str, spec: PerRun, figs: FigureWriter) -> list[Block]:
     """The figure ``spec`` of every run that has a ``name`` result, as one gallery."""
+    have = with_result(runs, name)
+    shown = first_seeds(have)
     items = [
         figs.add(
             f"{spec.stem}_{r.name}",
@@ -93,9 +110,13 @@ def per_run(runs: Sequence[StudyRun], name: str, spec: PerRun, figs: FigureWrite
             f"{spec.what}: {r.label} ({r.name}).",
             wide=spec.wide,
         )
-        for r in with_result(runs, name)
+        for r in shown
     ]
-    return gallery(items)
+    out = gallery(items)
+    if len(shown) < len(have):
+        out.append(Text(f"{spec.what}: the lowest seed of each run shown; the overlays above "
+                        "show every seed.", note=True))  # fmt: skip
+    return out
 
 
 def analysis_blocks(

@@ -59,5 +59,18 @@ def coverage_table(runs: Sequence[StudyRun]) -> Table:
 
 
 def findings_table(findings: Sequence[Finding]) -> Table:
-    rows = [[str(i), f.claim, f.verdict, f.evidence, f.detail] for i, f in enumerate(findings, 1)]
-    return Table(["#", "Claim", "Verdict", "Evidence", "Rule"], rows, "findings", verdict_col=2)
+    """One row per claim: the verdict, each estimate with its interval and n, the numbers
+    behind them and the rule."""
+    rows = []
+    for i, f in enumerate(findings, 1):
+        if f.measures:
+            estimates = "\n".join(
+                f"{m.label}: {m.interval_text()} → {m.verdict}" for m in f.measures
+            )
+            n = "\n".join(f"{m.estimate.n} {m.estimate.unit}" for m in f.measures)
+            evidence = "\n".join(m.details() for m in f.measures if m.details()) or DASH
+        else:
+            estimates, n, evidence = DASH, DASH, f.evidence
+        rows.append([str(i), f.claim, f.verdict, estimates, n, evidence, f.detail])
+    header = ["#", "Claim", "Verdict", "Estimate [95% interval]", "n", "Evidence", "Rule"]
+    return Table(header, rows, "findings", verdict_col=2)
