@@ -16,7 +16,8 @@ def test_every_study_preset_loads_and_resolves(name):
     study = load_study(name)
     assert study.description and study.models
     runs = study.run_configs()
-    assert len(runs) == len(study.models) * len(study.fractions)
+    per_seed = sum(len(study.models_at(f)) for f in study.fractions)
+    assert len(runs) == per_seed * max(1, len(study.seeds))
     study.analysis_sets()
 
 
@@ -25,8 +26,10 @@ def test_shipped_presets_are_the_issue_s():
         list_studies()
     )
     mini = load_study("cpu-mini")
-    assert set(mini.models) == {"resnet_tiny", "vit_tiny", "alternet_tiny", "pit_tiny", "swin_tiny"}
-    assert 1.0 in mini.fractions and min(mini.fractions) < 0.1
+    assert {"resnet_tiny", "vit_tiny", "alternet_tiny", "pit_tiny"} <= set(mini.models)
+    assert min(mini.fractions) < 0.1 and {"resnet_tiny", "vit_tiny"} <= set(
+        mini.models_at(min(mini.fractions))
+    )
 
 
 def _smoke(folder):
@@ -247,3 +250,18 @@ def _study_dict(study):
 def test_bad_seeds(seeds, words):
     with pytest.raises(ConfigError, match=words):
         from_dict(StudyConfig, {"models": ["resnet_tiny"], "seeds": seeds}, "study")
+
+
+def test_fraction_models_choose_the_models_of_a_fraction():
+    data = {"models": ["resnet_tiny", "vit_tiny", "pit_tiny"], "fractions": [1.0, 0.06],
+            "fraction_models": {0.06: ["vit_tiny", "resnet_tiny"]}, "seeds": [0, 1]}  # fmt: skip
+    study = from_dict(StudyConfig, data, "study")
+    assert list(study.run_configs()) == [
+        *(f"{m}-f1-s{s}" for m in ("resnet_tiny", "vit_tiny", "pit_tiny") for s in (0, 1)),
+        *(f"{m}-f0.06-s{s}" for m in ("resnet_tiny", "vit_tiny") for s in (0, 1)),
+    ]
+    for bad, words in (({0.5: ["vit_tiny"]}, "not in study.fractions"),
+                       ({0.06: ["swin_tiny"]}, "not in study.models"),
+                       ({0.06: []}, "at least one model")):  # fmt: skip
+        with pytest.raises(ConfigError, match=words):
+            from_dict(StudyConfig, {**data, "fraction_models": bad}, "study")

@@ -200,3 +200,21 @@ def _as_dict(cfg):
     from vitscope.config import to_dict
 
     return to_dict(cfg)
+
+
+def test_eval_every_tests_every_nth_epoch_and_the_last(folder_data, tmp_path):
+    out = tmp_path / "run"
+    result = train(_cfg(folder_data, epochs=4, eval_every=2), out)  # 5 epochs in all
+    rows = read_jsonl(out / "metrics.jsonl")
+    assert [r["epoch"] for r in rows if "test_acc" in r] == [2, 4, 5]
+    assert all("train_loss" in r for r in rows) and len(rows) == 5
+    assert result.best["epoch"] in (2, 4, 5) and result.last["epoch"] == 5
+    with np.load(out / "predictions.npz", allow_pickle=False) as npz:
+        assert int(npz["epoch"]) == result.best["epoch"]
+    # the report reads the best over the tested epochs
+    from vitscope.report.load import load_run
+
+    run = load_run(out, "s", "r")
+    assert run.best_acc == pytest.approx(result.best["acc"])
+    assert run.best_epoch == result.best["epoch"]
+    assert not isinstance(run.correct(), str)

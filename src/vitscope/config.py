@@ -115,6 +115,9 @@ class TrainConfig:
     nesterov: bool = False  # SGD Nesterov momentum
     batch_size: int = 128  # global training batch, split evenly over torchrun ranks
     eval_batch_size: int = 512  # test-time batch size
+    # test metrics (and the best checkpoint) every this many epochs, and always after the
+    # last; epochs between have no test_* metrics. 1: every epoch
+    eval_every: int = 1
     epochs: int = 5  # main epochs (after warm-up)
     warmup_epochs: int = 0  # linear warm-up from 0, stepped per iteration, before `epochs`
     schedule: str = "cosine"  # cosine | multistep | constant, stepped per epoch
@@ -154,6 +157,7 @@ class TrainConfig:
             self.eval_batch_size >= 1,
             f"train.eval_batch_size must be >= 1, got {self.eval_batch_size}",
         )
+        _check(self.eval_every >= 1, f"train.eval_every must be >= 1, got {self.eval_every}")
         _check(self.epochs >= 0, f"train.epochs must be >= 0, got {self.epochs}")
         _check(
             self.warmup_epochs >= 0, f"train.warmup_epochs must be >= 0, got {self.warmup_epochs}"

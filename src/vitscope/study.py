@@ -72,6 +72,8 @@ class StudyConfig:
     # study files call this `train`
     run: RunOverrides = field(default_factory=RunOverrides)
     model_overrides: dict[str, RunOverrides] = field(default_factory=dict)  # model -> overrides
+    # fraction -> the models that run at it (default: every model); fewer, better-trained runs
+    fraction_models: dict[float, tuple[str, ...]] = field(default_factory=dict)
     fraction_overrides: dict[float, RunOverrides] = field(default_factory=dict)  # fraction -> ...
     analyses: dict[str, dict] = field(default_factory=dict)  # name -> Config fields; in order
     ablations: dict[str, Ablation] = field(default_factory=dict)  # name -> ablation runs
@@ -97,6 +99,12 @@ class StudyConfig:
         for model in self.models:
             MODELS.get(model)  # unknown names raise with the valid ones
         _subset(self.fraction_overrides, self.fractions, "fraction_overrides", "study.fractions")
+        _subset(self.fraction_models, self.fractions, "fraction_models", "study.fractions")
+        for fraction, models in self.fraction_models.items():
+            where = f"fraction_models.{fraction:g}"
+            if not models:
+                raise ConfigError(f"study.{where} must list at least one model")
+            _subset(dict.fromkeys(models), self.models, where, "study.models")
         _subset(self.model_overrides, self.models, "model_overrides", "study.models")
         analysis_configs(list(self.analyses), self.analysis_sets())  # bad settings raise
         for name, ablation in self.ablations.items():
@@ -139,9 +147,14 @@ class StudyConfig:
                 self._seed_layer(seed),
             )
             for fraction in self.fractions
-            for model in self.models
+            for model in self.models_at(fraction)
             for seed in self._seeds()
         }
+
+    def models_at(self, fraction: float) -> tuple[str, ...]:
+        """The models that run at ``fraction``, in ``models`` order."""
+        chosen = self.fraction_models.get(fraction)
+        return self.models if chosen is None else tuple(m for m in self.models if m in chosen)
 
     def _model_layer(self, model: str) -> dict:
         layer = self.model_overrides.get(model)

@@ -272,7 +272,7 @@ def train(cfg: RunConfig | None, out: str | Path, *, resume: bool = False) -> Tr
         )
         elapsed += stats["seconds"]
         last = _metrics_row(epoch, t, optimizer, stats, test, elapsed, n_params)
-        improved = test["acc"] > best["acc"]
+        improved = test is not None and test["acc"] > best["acc"]
         if improved:
             best = {**test, "epoch": epoch + 1}
         rng_ranks = gather_rng_states()  # a collective: before the rank-0-only block
@@ -329,7 +329,8 @@ def _on_device(train_set, test_set, device: torch.device) -> dict[str, torch.Ten
 
 
 def _epoch(cfg: RunConfig, model, forward, optimizer, augment, data: dict, info, epoch: int):
-    """One training epoch, then the test metrics: ``(train stats, test metrics)``."""
+    """One training epoch, then (every ``train.eval_every`` epochs and after the last) the test
+    pass: ``(train stats, test metrics, predicted classes)``, the last two None without one."""
     t = cfg.train
     generator = torch.Generator().manual_seed(t.seed * 1_000_003 + epoch)
     bar = tqdm(
@@ -355,6 +356,8 @@ def _epoch(cfg: RunConfig, model, forward, optimizer, augment, data: dict, info,
         bar.close()
         # per-rank BatchNorm running stats differ: evaluate (and save) rank 0's everywhere
         distributed.broadcast_tensors(list(model.buffers()))
+        if (epoch + 1) % t.eval_every and epoch + 1 < t.total_epochs:
+            return stats, None, None  # no test pass this epoch (train.eval_every)
         test = evaluate(
             model,
             data["test_images"],
@@ -392,7 +395,7 @@ def _metrics_row(epoch, t, optimizer, stats: dict, test: dict, elapsed: float, n
         "train_loss": stats["train_loss"],
         "train_nll": stats["train_nll"],
         "train_acc": stats["train_acc"],
-        **{f"test_{k}": v for k, v in test.items()},
+        **{f"test_{k}": v for k, v in (test or {}).items()},
         "images_per_s": stats["images"] / stats["seconds"],
         "train_seconds": elapsed,
         "params": n_params,
@@ -420,9 +423,13 @@ def _save_epoch(rd, t, model, optimizer, row, best, improved, elapsed, rng_ranks
         rng_ranks=rng_ranks,
     )
     if t.progress:
-        tqdm.write(
-            f"epoch {epoch}/{t.total_epochs}  loss {row['train_loss']:.4f}  "
+        test = (
             f"test acc {row['test_acc']:.4f}  nll {row['test_nll']:.4f}  "
+            if "test_acc" in row
+            else ""
+        )
+        tqdm.write(
+            f"epoch {epoch}/{t.total_epochs}  loss {row['train_loss']:.4f}  {test}"
             f"{row['images_per_s']:.0f} img/s"
         )
 

@@ -9,6 +9,8 @@ numbers, so old studies keep their estimates, without intervals.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from ...analyses.keys import FourierKeys, HessianKeys, LandscapeKeys, LesionKeys, NoiseKeys
@@ -85,16 +87,23 @@ def unit_values(
 
 
 def unit_changes(
-    run: StudyRun, analysis: str, key: str, images_key: str, select, rs: Resample
-) -> list[tuple[str, float]]:
-    """``(unit name, value[i] - value[i-1])`` for the units ``select`` picks (index >= 1)."""
+    run: StudyRun, analysis: str, key: str, images_key: str, select, rs: Resample,
+    log: bool = False,
+) -> list[tuple[str, float]]:  # fmt: skip
+    """``(unit name, value[i] - value[i-1])`` for the units ``select`` picks (index >= 1);
+    with ``log``, ``log(value[i] / value[i-1])`` (scale-free; units with a value <= 0 are
+    left out)."""
     units = run.results[analysis].values.get(FourierKeys.UNITS, [])
     values = unit_values(run, analysis, key, images_key, rs)
     out = []
     for i in range(1, min(len(units), len(values))):
         a, b = values[i - 1], values[i]
-        if select(units[i]) and a is not None and b is not None:
+        if not select(units[i]) or a is None or b is None:
+            continue
+        if not log:
             out.append((str(units[i].get("name", i)), b - a))
+        elif a > 0 and b > 0:
+            out.append((str(units[i].get("name", i)), math.log(b / a)))
     return out
 
 

@@ -41,13 +41,20 @@ class UnitClaim:
     lowers: bool
     quantity: str
     paper: str
+    log: bool = False  # Δ is log(value[i] / value[i-1]): scale-free across models
 
     def detail(self) -> str:
         sign, rel = ("lower", "below") if self.lowers else ("raise", "above")
+        delta = (
+            f"Δ = log of the ratio of the {self.quantity} of unit i to that of unit i-1 "
+            "(scale-free, so models whose features differ in scale pool fairly; "
+            if self.log
+            else f"Δ = {self.quantity} of unit i minus that of unit i-1 ("
+        )
         return (
-            f"Δ = {self.quantity} of unit i minus that of unit i-1 (`{self.analysis}.values."
-            f"{self.key}`, the mean over test images), for every {self.what} unit of every "
-            "run. Effect: the median Δ over those units (pooled over the runs of a seed); the "
+            f"{delta}`{self.analysis}.values.{self.key}`, the mean over test images), for "
+            f"every {self.what} unit of every run. Effect: the median Δ over those units "
+            "(pooled over the runs of a seed); the "
             f"claim: they {sign} it, so the median lies {rel} 0. Holds when the 95% interval "
             f"lies {rel} 0, does not hold when on the other side, inconclusive when it "
             f"straddles 0 or with < {MIN_UNITS} units. Interval: t over seeds, or (one seed) a "
@@ -56,7 +63,9 @@ class UnitClaim:
         )
 
     def changes(self, run: StudyRun, rs: Resample) -> list[float]:
-        got = samples.unit_changes(run, self.analysis, self.key, self.images_key, self.select, rs)
+        got = samples.unit_changes(
+            run, self.analysis, self.key, self.images_key, self.select, rs, self.log
+        )
         return [d for _, d in got]
 
     def agrees(self, d: float) -> bool:
@@ -98,7 +107,7 @@ def check_units(runs: Sequence[StudyRun], spec: UnitClaim) -> Finding:
     m = measure(
         have,
         median,
-        label=f"median Δ {spec.quantity} over {spec.what} units",
+        label=f"median {'log ratio' if spec.log else 'Δ'} {spec.quantity}, {spec.what} units",
         unit="test images",
         side="less" if spec.lowers else "greater",
         fmt="+.3g",
@@ -120,6 +129,7 @@ _VARIANCE = dict(
     images_key=VarianceKeys.VARIANCE_IMAGES,
     quantity="feature-map variance",
     paper="Paper: Fig 9, D.1 (docs/methods/variance.md).",
+    log=True,
 )
 
 MSA_HIGH_FREQ = UnitClaim(
