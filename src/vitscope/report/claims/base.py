@@ -266,7 +266,8 @@ def measure(
         context: the raw numbers of the seed(s) behind the estimate, for the evidence.
     """
     groups = by_seed(runs)
-    values = {s: effect(rs, Resample()) for s, rs in groups.items()}
+    probes = {s: Resample() for s in groups}  # the point estimates; they record the n
+    values = {s: effect(rs, probes[s]) for s, rs in groups.items()}
     values = {s: float(v) for s, v in values.items() if _finite(v)}
     if not values:
         return None
@@ -276,21 +277,20 @@ def measure(
         est = mean_interval(list(values.values()), level=LEVEL, unit="seeds")
         return Measure(label, est, null, side, fmt, values, context=ctx)
     ((s, value),) = values.items()
-    est, note = _bootstrap(groups[s], effect, value, unit)
+    est, note = _bootstrap(groups[s], effect, value, unit, probes[s].sizes)
     return Measure(label, est, null, side, fmt, note=note, context=ctx)
 
 
 def _bootstrap(
-    runs: Sequence[StudyRun], effect: Effect, value: float, unit: str
+    runs: Sequence[StudyRun], effect: Effect, value: float, unit: str, sizes: dict
 ) -> tuple[Estimate, str]:
-    """The one-seed interval: a seeded percentile bootstrap over the units inside the runs."""
+    """The one-seed interval: a seeded expanded-percentile bootstrap over the units inside
+    the runs (``sizes``: each domain's size, as the point estimate's resample recorded)."""
 
     def unbounded(n: int, why: str) -> tuple[Estimate, str]:
         return Estimate(value, -math.inf, math.inf, n, unit, "bootstrap", LEVEL), why
 
-    probe = Resample()
-    effect(runs, probe)
-    n = min(probe.sizes.values()) if probe.sizes else 0
+    n = min(sizes.values()) if sizes else 0
     rng = np.random.default_rng(BOOTSTRAP_SEED)
     draws = np.empty(RESAMPLES)
     for b in range(RESAMPLES):

@@ -39,20 +39,13 @@ def hessian_eigenvalues(result: Result) -> np.ndarray:
 
 def negative_share(result: Result) -> float | None:
     """Share of negative values among the batch-wise top-k eigenvalues (Fig 1c's mass)."""
-    eig = hessian_eigenvalues(result)
-    if eig.size:
-        return float((eig < 0).mean())
-    v = (result.values.get(HessianKeys.SUMMARY) or {}).get("negative_fraction")
-    return float(v) if finite(v) else None
+    return samples.negative_share_of(result)
 
 
 def top_eigenvalue(result: Result) -> float | None:
     """Mean over batches of the largest Hessian eigenvalue (``values.largest``, else top-k max)."""
-    largest = [float(v) for v in result.values.get(HessianKeys.LARGEST) or [] if finite(v)]
-    if not largest:
-        rows = result.values.get(HessianKeys.EIGENVALUES) or []
-        largest = [max(v for v in row if finite(v)) for row in rows if any(map(finite, row))]
-    return float(np.mean(largest)) if largest else None
+    largest = samples.largest_per_batch(result)
+    return float(largest.mean()) if len(largest) else None
 
 
 landscape_rise = samples.ring_rise  # (r, rise) of one result, for the report's tables

@@ -10,6 +10,7 @@ numbers, so old studies keep their estimates, without intervals.
 from __future__ import annotations
 
 import math
+import weakref
 
 import numpy as np
 
@@ -19,16 +20,17 @@ from ...results import Result
 from ..load import StudyRun, finite
 from .base import NoSamples, Resample
 
-_CACHE: dict[tuple[int, str], tuple[object, object]] = {}
+_CACHE: dict[tuple[int, str], object] = {}
 
 
 def _once(owner: object, what: str, make):
-    """``make()`` computed once per loaded result (each bootstrap draw only indexes it)."""
+    """``make()`` computed once per loaded result (each bootstrap draw only indexes it); the
+    entry goes when the result is garbage-collected, so a long process does not pin them."""
     key = (id(owner), what)
-    hit = _CACHE.get(key)
-    if hit is None or hit[0] is not owner:  # an id reused by a new object: recompute
-        hit = _CACHE[key] = (owner, make())
-    return hit[1]
+    if key not in _CACHE:
+        _CACHE[key] = make()
+        weakref.finalize(owner, _CACHE.pop, key, None)
+    return _CACHE[key]
 
 
 def _test(run: StudyRun) -> tuple:
@@ -115,7 +117,7 @@ def _batches(run: StudyRun, rows: list, rs: Resample, what: str) -> np.ndarray:
     return rs(_train(run, what), len(rows))
 
 
-def _negative_counts(res: Result) -> tuple[np.ndarray, np.ndarray]:
+def negative_counts(res: Result) -> tuple[np.ndarray, np.ndarray]:
     """Per batch with eigenvalues: how many of its top-k are negative, and how many finite."""
     rows = [
         [v for v in (row if isinstance(row, list) else [row]) if finite(v)]
@@ -126,21 +128,31 @@ def _negative_counts(res: Result) -> tuple[np.ndarray, np.ndarray]:
     return neg, np.asarray([len(row) for row in rows], float)
 
 
+def negative_share_of(res: Result) -> float | None:
+    """A Hessian result's share of negative values among all its batches' top-k eigenvalues
+    (else ``values.summary.negative_fraction``)."""
+    neg, count = _once(res, "negative counts", lambda: negative_counts(res))
+    if len(count):
+        return float(neg.sum() / count.sum())
+    v = (res.values.get(HessianKeys.SUMMARY) or {}).get("negative_fraction")
+    return float(v) if finite(v) else None
+
+
 def negative_share(run: StudyRun, rs: Resample) -> float | None:
     """Share of negative values among the top-k Hessian eigenvalues of resampled batches."""
     res = run.results["hessian"]
-    neg, count = _once(res, "negative counts", lambda: _negative_counts(res))
+    neg, count = _once(res, "negative counts", lambda: negative_counts(res))
     if not len(count):
-        v = (res.values.get(HessianKeys.SUMMARY) or {}).get("negative_fraction")
         if rs.active:
             raise NoSamples(f"{run.name}'s hessian result has no per-batch eigenvalues")
         rs(_train(run, "hessian batches"), 0)
-        return float(v) if finite(v) else None
+        return negative_share_of(res)
     idx = rs(_train(run, "hessian batches"), len(count))
     return float(neg[idx].sum() / count[idx].sum())
 
 
-def _largest(res: Result) -> np.ndarray:
+def largest_per_batch(res: Result) -> np.ndarray:
+    """Each batch's largest Hessian eigenvalue (``values.largest``, else the top-k max)."""
     largest = [float(v) for v in res.values.get(HessianKeys.LARGEST) or [] if finite(v)]
     if not largest:
         rows = res.values.get(HessianKeys.EIGENVALUES) or []
@@ -151,7 +163,7 @@ def _largest(res: Result) -> np.ndarray:
 def top_eigenvalue(run: StudyRun, rs: Resample) -> float | None:
     """Mean over resampled batches of the largest Hessian eigenvalue."""
     res = run.results["hessian"]
-    largest = _once(res, "largest", lambda: _largest(res))
+    largest = _once(res, "largest", lambda: largest_per_batch(res))
     if not len(largest):
         return None
     return float(largest[rs(_train(run, "hessian batches"), len(largest))].mean())
