@@ -106,4 +106,5 @@ SMALL = [
     "landscape.dims=1", "landscape.num_points=3", "landscape.batches=1",
     "landscape.batch_size=8", "hessian.batches=1", "hessian.batch_size=8", "hessian.top_k=2",
     "hessian.max_iter=12", "hessian.density_batches=0", "hessian.trace_batches=0",
+    "corruption.num_images=8", "corruption.severities=[1,5]",
 ]  # fmt: skip

@@ -145,6 +145,29 @@ def lesion(rng, last_matters: bool | None):
     return ("lesion", values, {"correct": table})
 
 
+def exact(rng, p, n=N_IMAGES):
+    """Correctness with exactly ``round(p n)`` hits, at random places."""
+    row = np.zeros(n, np.uint8)
+    row[rng.permutation(n)[: round(p * n)]] = 1
+    return row
+
+
+def corruption(rng, clean: float, robust: float, rows=None, draw=None):
+    """A ``corruption`` result: the clean row and 6 corrupted rows (3 corruptions x 2
+    severities) drawn around ``robust``; ``rows``: reuse those corrupted rows (a shared draw)."""
+    draw = draw or bernoulli
+    rows = [draw(rng, robust) for _ in range(6)] if rows is None else rows
+    table = np.stack([draw(rng, clean), *rows])
+    acc = 100 * table.mean(1)
+    grid = acc[1:].reshape(3, 2)
+    names = ["gaussian_noise", "defocus_blur", "fog"]
+    values = {"corruptions": names, "severities": [1, 5], "clean_acc": float(acc[0]),
+              "accuracy": grid.tolist(), "mean_acc": float(grid.mean()),
+              "errors": (100 - grid).sum(1).tolist(), "num_images": N_IMAGES,
+              "source": "generated"}  # fmt: skip
+    return ("corruption", values, {"correct": table})
+
+
 def write_run(
     folder: Path, name: str, model: str, *, seed: int, rng, acc: float, fraction=1.0,
     train_nll=None, results=(), kwargs=None, right=None,
@@ -208,31 +231,51 @@ def _plant_seed(root: Path, sign: int, seed: int) -> None:
         err = 1 - acc[model]
         return pick(0.1 + 2 * err, 1.2 - 2 * err, flat[order[model]])
 
+    # corruption: (clean, robust) per run; holds: robustness rises with accuracy and AlterNet's
+    # is highest; fails: the reverse; none: Spearman ρ exactly 0 (exact hit counts) and
+    # AlterNet's corrupted rows are ResNet's, the best of the others
+    rob = {
+        1: {"resnet": (0.80, 0.60), "vit": (0.70, 0.45), "vit_small": (0.55, 0.30),
+            "alternet": (0.92, 0.75), "swin": (0.75, 0.55)},
+        -1: {"resnet": (0.80, 0.40), "vit": (0.70, 0.55), "vit_small": (0.55, 0.60),
+             "alternet": (0.90, 0.30), "swin": (0.75, 0.45)},
+        0: {"resnet": (0.70, 0.60), "vit": (0.85, 0.40), "vit_small": (0.75, 0.40),
+            "alternet": (0.90, 0.60), "swin": (0.80, 0.35)},
+    }[sign]  # fmt: skip
+    draw = exact if null else bernoulli
+    shared_rows = [exact(rng, rob["resnet"][1]) for _ in range(6)] if null else None
+
+    def corr(model):
+        rows = shared_rows if model in ("resnet", "alternet") else None
+        return corruption(rng, *rob[model], rows=rows, draw=draw)
+
     s = f"-s{seed}"
     write_run(
         runs, f"resnet_tiny-f1{s}", "resnet_tiny", seed=seed, rng=rng, acc=acc["resnet"],
         train_nll=nll("resnet"), right=shared_right,
         results=[*fourier_variance(RESNET, rng, sign), noise(rng, pick(True, False, None)),
-                 hess(pick(0.02, 0.8, 0), pick(20, 5, 0)), land(pick(4.0, 1.0, 0))],
+                 hess(pick(0.02, 0.8, 0), pick(20, 5, 0)), land(pick(4.0, 1.0, 0)),
+                 corr("resnet")],
     )  # fmt: skip
     write_run(
         runs, f"vit_tiny-f1{s}", "vit_tiny", seed=seed, rng=rng, acc=acc["vit"],
         train_nll=nll("vit"),
         results=[*fourier_variance(VIT, rng, sign), noise(rng, pick(False, True, None)),
-                 hess(0.4, pick(5, 20, 0)), land(pick(1.0, 4.0, 0))],
+                 hess(0.4, pick(5, 20, 0)), land(pick(1.0, 4.0, 0)), corr("vit")],
     )  # fmt: skip
     write_run(
         runs, f"vit_tiny-f0.1{s}", "vit_tiny", seed=seed, rng=rng, acc=acc["vit_small"],
-        fraction=0.1, train_nll=nll("vit_small"), results=[hess(pick(0.8, 0.02, 0), 10)],
+        fraction=0.1, train_nll=nll("vit_small"),
+        results=[hess(pick(0.8, 0.02, 0), 10), corr("vit_small")],
     )  # fmt: skip
     write_run(
         runs, f"alternet_tiny-f1{s}", "alternet_tiny", seed=seed, rng=rng,
         acc=acc["alternet"], train_nll=nll("alternet"), right=shared_right,
-        results=[*fourier_variance(ALTERNET, rng, sign)],
+        results=[*fourier_variance(ALTERNET, rng, sign), corr("alternet")],
     )  # fmt: skip
     write_run(
         runs, f"swin_tiny-f1{s}", "swin_tiny", seed=seed, rng=rng, acc=acc["swin"],
-        train_nll=nll("swin"), results=[lesion(rng, pick(True, False, None))],
+        train_nll=nll("swin"), results=[lesion(rng, pick(True, False, None)), corr("swin")],
     )  # fmt: skip
     # ablations: a GAP head on the 10% ViT; local MSAs, 3x3 vs global
     write_run(

@@ -368,6 +368,7 @@ def test_compare_overlays_several_runs(tmp_path):
 
 # every registered analysis x every tiny model: small settings, the full contract
 SMALL = {
+    "corruption": {"num_images": 8, "batch_size": 8, "severities": [1, 5]},
     "fourier": {"num_images": 8, "batch_size": 4},
     "variance": {"num_images": 8, "batch_size": 4},
     "noise": {"frequencies": (0.2, 0.8), "num_images": 8},

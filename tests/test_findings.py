@@ -17,7 +17,8 @@ from vitscope.report import build_report, load
 from vitscope.report import claims as C
 from vitscope.report.claims import base as B
 
-RULES = [c.__name__ for c in (*C.CHECKS, *C.ABLATION_CHECKS)]
+# the paper's rules, then those the analyses declare (corruption's check_robustness)
+RULES = [c.__name__ for c in (*C.CHECKS, *C.ABLATION_CHECKS)] + ["check_robustness"]
 
 
 def findings(root: Path) -> dict[str, C.Finding]:
@@ -42,7 +43,7 @@ WANT = {1: C.HOLDS, -1: C.FAILS, 0: C.INCONCLUSIVE}
 @pytest.mark.parametrize("sign", [1, -1, 0])
 def test_every_rule_reads_the_planted_effect(planted, sign, n_seeds):
     found = planted[sign, n_seeds]
-    assert len(found) == 13
+    assert len(found) == 14
     for rule, f in found.items():
         assert f.verdict == WANT[sign], (rule, f.evidence)
         assert f.measures, (rule, f.evidence)  # an estimate, not a missing-data verdict
@@ -57,7 +58,7 @@ def test_every_rule_reads_the_planted_effect(planted, sign, n_seeds):
 def test_one_seed_resamples_inside_the_runs_three_seeds_resample_seeds(planted, sign):
     for rule, f in planted[sign, 1].items():
         for m in f.measures:
-            if rule == "check_no_overfitting":
+            if rule == "check_no_overfitting" or "ρ" in m.label:  # a correlation over runs
                 assert (m.estimate.unit, m.estimate.n, m.estimate.method) == ("runs", 5, "fisher-z")
                 continue
             assert m.estimate.unit in ("test images", "mini-batches"), (rule, m.estimate)
@@ -65,7 +66,7 @@ def test_one_seed_resamples_inside_the_runs_three_seeds_resample_seeds(planted, 
             assert m.estimate.n == (1000 if m.estimate.unit == "test images" else 8), rule
     for rule, f in planted[sign, 3].items():
         for m in f.measures:
-            if rule == "check_no_overfitting":  # a correlation across every run of the dataset
+            if rule == "check_no_overfitting" or "ρ" in m.label:  # over every run of the dataset
                 assert (m.estimate.unit, m.estimate.n) == ("runs", 15)
                 continue
             assert (m.estimate.unit, m.estimate.n, m.estimate.method) == ("seeds", 3, "t"), rule
@@ -221,16 +222,16 @@ def test_three_seeds_of_the_planted_study_report_n_3_and_write_findings_json(tmp
     assert [r["id"] for r in rows] == [
         "msa-low-pass", "conv-high-pass", "msa-variance", "conv-variance", "hessian-negative",
         "hessian-small-data", "flat-landscape", "no-overfitting", "alternet", "noise", "lesion",
-        "gap-head", "local-msa",
+        "gap-head", "local-msa", "robustness",
     ]  # fmt: skip
     for r in rows:
         assert r["verdict"] == "holds" and r["evidence"] and r["rule"]
         assert r["interval"][0] <= r["estimate"] <= r["interval"][1]
-        if r["id"] != "no-overfitting":
+        if r["id"] not in ("no-overfitting", "robustness"):  # these lead with ρ over runs
             assert (r["n"], r["unit"]) == (3, "seeds"), r["id"]
     html = report.read_text()
     assert "Estimate [95% interval]" in html and "3 seeds" in html
-    assert html.count(f">{C.HOLDS}</span>") == 13
+    assert html.count(f">{C.HOLDS}</span>") == 14
     assert "Student-t interval over the seeds" in html
     md = (root / "report.md").read_text()
     assert "| Claim | Verdict | Estimate [95% interval] | n |" in md
@@ -256,7 +257,7 @@ def test_one_seed_report_says_the_intervals_are_within_run(tmp_path):
     root = plant(tmp_path / "s", 0, (0,))
     html = build_report([root]).read_text()
     assert "do not cover seed-to-seed variation" in html
-    assert html.count(f">{C.INCONCLUSIVE}</span>") == 13
+    assert html.count(f">{C.INCONCLUSIVE}</span>") == 14
     assert json.loads((root / "findings.json").read_text())["seeds"] == [0]
 
 

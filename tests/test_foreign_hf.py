@@ -433,11 +433,12 @@ def test_backbone_can_be_wrapped():
 def test_cli_hf_folder_every_analysis_and_blocks(folder_data, tmp_path, capsys):
     """``vitscope analyze --hf DIR``: a folder saved by ``save_pretrained`` (config.json and
     model.safetensors) with a preprocessor_config.json that sets mean/std and input size;
-    all seven analyses (the Hessian through HF's sdpa attention), one run directory."""
+    every analysis (the Hessian through HF's sdpa attention), one run directory."""
     import json
 
     from conftest import SMALL
 
+    from vitscope.analyses import list_analyses
     from vitscope.cli import main
 
     torch.manual_seed(0)
@@ -456,7 +457,7 @@ def test_cli_hf_folder_every_analysis_and_blocks(folder_data, tmp_path, capsys):
             "--out", str(out)] + [a for s in SMALL for a in ("--set", s)]  # fmt: skip
     assert main(argv) == 0
     names = {p.stem for p in (out / "results").glob("*.json")}
-    assert len(names) == 7
+    assert names == set(list_analyses())
     res = json.loads((out / "results" / "hessian.json").read_text())
     assert res["meta"]["family"] == "ViT" and res["meta"]["img_size"] == 16
     assert res["meta"]["mean"] == [0.5, 0.5, 0.5]

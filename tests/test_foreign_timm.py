@@ -14,7 +14,7 @@ import torch
 from conftest import SMALL, require
 from einops import rearrange
 
-from vitscope.analyses import EvalData, get_analysis, hessian
+from vitscope.analyses import EvalData, get_analysis, hessian, list_analyses
 from vitscope.analyses.lesion import Config as LesionConfig
 from vitscope.cli import main
 from vitscope.foreign import ForeignModel, load_foreign
@@ -215,7 +215,7 @@ def analyze_argv(folder_data, out, *model: str) -> list[str]:
 
 
 def test_cli_timm_by_name_with_safetensors_weights_every_analysis(folder_data, tmp_path, capsys):
-    """The README's timm command: weights from a local .safetensors file, all seven analyses,
+    """The README's timm command: weights from a local .safetensors file, every analysis,
     a run directory the report reads; the same command again skips everything."""
     from vitscope.train import save_safetensors
 
@@ -231,15 +231,7 @@ def test_cli_timm_by_name_with_safetensors_weights_every_analysis(folder_data, t
     )  # fmt: skip
     assert main(argv) == 0
     names = {p.stem for p in (out / "results").glob("*.json")}
-    assert names == {
-        "fourier",
-        "variance",
-        "noise",
-        "lesion",
-        "overfitting",
-        "landscape",
-        "hessian",
-    }
+    assert names == set(list_analyses())  # the seven of the paper and corruption
     res = json.loads((out / "results" / "fourier.json").read_text())
     assert res["meta"]["family"] == "ViT" and res["meta"]["rule"] == "timm.VisionTransformer"
     assert res["meta"]["checkpoint"] == str(weights)
@@ -259,7 +251,7 @@ def test_cli_timm_by_name_with_safetensors_weights_every_analysis(folder_data, t
         torch.testing.assert_close(fm(x), ref.eval()(x))
     capsys.readouterr()
     assert main(argv) == 0
-    assert capsys.readouterr().out.count("exists, skipped") == 7
+    assert capsys.readouterr().out.count("exists, skipped") == len(list_analyses())
     assert main(["analyze", str(out), "--only", "fourier", "--force", *sets()]) == 0  # reloads
     assert main(["report", str(tmp_path / "study")]) == 0
     html = (tmp_path / "study" / "report.html").read_text()

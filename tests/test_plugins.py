@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from vitscope.cli import main
+from vitscope.errors import VitscopeError
 
 PLUGIN = '''
 """A toy third-party analysis: mean softmax entropy over test images."""
@@ -224,3 +225,17 @@ def test_a_study_names_its_plugins_and_reproduce_runs_them(plugin_dir, folder_da
     md = report.with_suffix(".md").read_text()
     assert "### entropy" in md and "mean entropy (nats)" in md
     assert "plugins:\n- toyplug.entropy" in (tmp_path / "s" / "study.yaml").read_text()
+
+
+def test_declared_claims_are_callables_or_references_imported_when_asked():
+    from vitscope.analyses import noise
+    from vitscope.analyses.spec import Analysis
+
+    with pytest.raises(VitscopeError, match="claims must be callables"):
+        Analysis(name="x", config=noise.Config, run=noise.run, claims=(3,))
+    ref = "vitscope.report.claims.corruption:check_robustness"
+    a = Analysis(name="x", config=noise.Config, run=noise.run, claims=[ref])
+    assert a.claims == (ref,) and a.claim_rules()[0].__name__ == "check_robustness"
+    bad = Analysis(name="x", config=noise.Config, run=noise.run, claims=("nope.mod:rule",))
+    with pytest.raises(VitscopeError, match="cannot load 'nope.mod:rule'"):
+        bad.claim_rules()

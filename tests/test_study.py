@@ -57,6 +57,10 @@ def test_reproduce_end_to_end_then_resume_then_force(folder_data, tmp_path):
     assert sum("exists, skipped" in line for line in again) == 2 * len(study.analyses)
     # the report rebuilds from saved results alone
     html = report.read_text()
+    # an analysis outside the paper sections (corruption) gets its overlay and its claim row
+    assert "corruption: every run (2)" in html
+    assert (out / "figures" / "corruption_overlay.png").is_file()
+    assert "Robustness (mean corrupted accuracy) tracks accuracy" in html
     report.unlink()
     assert main(["report", str(out)]) == 0
     assert report.read_text().count("<img") == html.count("<img")
@@ -74,6 +78,23 @@ def test_reproduce_refuses_a_different_study_in_the_same_folder(folder_data, tmp
     )
     with pytest.raises(VitscopeError, match="different study"):
         reproduce(study, tmp_path / "s")
+
+
+def test_a_study_folder_takes_new_analyses_but_not_changed_ones(tmp_path):
+    from vitscope.study import _claim_folder
+
+    base = {"name": "g", "models": ["resnet_tiny"], "analyses": {"fourier": {"num_images": 8}}}
+    _claim_folder(from_dict(StudyConfig, base, "study"), tmp_path, True)
+    grown = {**base, "analyses": {**base["analyses"], "corruption": {"num_images": 8}}}
+    _claim_folder(from_dict(StudyConfig, grown, "study"), tmp_path, True)  # adds results only
+    assert "corruption" in yaml.safe_load((tmp_path / "study.yaml").read_text())["analyses"]
+    changed = {**grown, "analyses": {"fourier": {"num_images": 16}, "corruption": {}}}
+    with pytest.raises(VitscopeError, match=r"analyses corruption, fourier were run with other"):
+        _claim_folder(from_dict(StudyConfig, changed, "study"), tmp_path, True)
+    with pytest.raises(VitscopeError, match=r"\(its models differ\)"):
+        _claim_folder(
+            from_dict(StudyConfig, {**grown, "models": ["vit_tiny"]}, "study"), tmp_path, True
+        )
 
 
 def test_cifar_preset_without_data_stops_at_its_first_step(tmp_path, monkeypatch, capsys):

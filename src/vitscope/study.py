@@ -272,8 +272,22 @@ GROWABLE = ("description", "ablations", "buildup", "seeds")
 
 
 def _core(study: StudyConfig) -> dict:
-    """What an existing study folder must agree on: runs, recipe and analysis settings."""
-    return {k: v for k, v in to_dict(study).items() if k not in GROWABLE}
+    """What an existing study folder must agree on: runs, recipe and the settings of the
+    analyses it ran (``analyses`` may gain new ones: they only add results)."""
+    return {k: v for k, v in to_dict(study).items() if k not in (*GROWABLE, "analyses")}
+
+
+def _same_study(before: StudyConfig, study: StudyConfig) -> str:
+    """Why ``study`` cannot continue the folder of ``before`` ("" if it can)."""
+    if _core(before) != _core(study):
+        a, b = _core(before), _core(study)
+        keys = sorted(k for k in {*a, *b} if a.get(k) != b.get(k))
+        return f"its {', '.join(keys)} differ"
+    old, new = to_dict(before).get("analyses", {}), to_dict(study).get("analyses", {})
+    changed = sorted(k for k in old if old[k] != new.get(k))
+    return (
+        f"analyses {', '.join(changed)} were run with other settings or dropped" if changed else ""
+    )
 
 
 def _runs(study: StudyConfig, root: Path, device: str | None) -> dict[Path, tuple]:
@@ -290,8 +304,9 @@ def _claim_folder(study: StudyConfig, root: Path, main: bool) -> None:
     saved = root / "study.yaml"
     if saved.is_file():
         before = from_dict(StudyConfig, upgrade(load_yaml(saved)), "study")
-        if _core(before) != _core(study):
-            raise VitscopeError(f"{root} holds a different study; choose another --out")
+        why = _same_study(before, study)
+        if why:
+            raise VitscopeError(f"{root} holds a different study ({why}); choose another --out")
     if main:
         root.mkdir(parents=True, exist_ok=True)
         atomic_write_text(saved, dump_yaml(study))

@@ -99,6 +99,10 @@ class Analysis:
         order: position in listings and in the default ``--only`` (built-ins: 10, 20, ...).
         uses_labels: the analysis scores the model's predictions against labels, so the
             model's outputs must be the data's classes (False: feature maps only).
+        claims: claim rules ``rule(runs) -> Finding`` (or ``"module:function"`` strings,
+            imported when a report is built) over a study's
+            :class:`~vitscope.report.load.StudyRun` records; the report's findings table and
+            ``findings.json`` add one row per rule (``docs/methods/findings.md``).
     """
 
     name: str
@@ -114,6 +118,7 @@ class Analysis:
     description: str = ""
     order: int = 1000
     uses_labels: bool = True
+    claims: Sequence[Callable[..., Any] | str] = ()
 
     def __post_init__(self) -> None:
         where = f"analysis {self.name!r}"
@@ -131,6 +136,9 @@ class Analysis:
             raise VitscopeError(f"{where}: figures must be FigureSpecs with unique stems")
         if self.summary is not None and not callable(self.summary):
             raise VitscopeError(f"{where}: summary must be callable")
+        object.__setattr__(self, "claims", tuple(self.claims))
+        if any(not (callable(c) or isinstance(c, str)) for c in self.claims):
+            raise VitscopeError(f"{where}: claims must be callables or 'module:function' strings")
 
     def summarize(self, result: Result) -> dict[str, float | None]:
         """The declared summary of ``result`` as plain floats (non-finite and missing: None)."""
@@ -170,6 +178,10 @@ class Analysis:
 
     def compare_figure(self) -> Callable[[Sequence[Result], Any], None] | None:
         return resolve_ref(self.compare) if self.compare is not None else None
+
+    def claim_rules(self) -> list[Callable[..., Any]]:
+        """The declared claim rules, imported."""
+        return [resolve_ref(c) for c in self.claims]
 
 
 __all__ = ["Analysis", "Context", "FigureSpec", "SPLITS", "resolve_ref"]

@@ -130,7 +130,7 @@ def build_report(
         *section_convs(runs, figs),
         *section_harmonise(runs, dirs, figs),
         *section_ablations(runs, ablations, figs),
-        *section_other(runs, out_dir),
+        *section_other(runs, out_dir, figs),
         Heading("Findings", 2, "findings"),
         Text(
             "Each claim is an effect estimated from the saved results with a 95% interval "

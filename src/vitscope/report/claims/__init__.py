@@ -57,15 +57,39 @@ ABLATION_CHECKS: tuple[Rule, ...] = (
 )
 
 
+#: the analyses whose claims are the rules above; any other analysis may declare its own
+#: (``Analysis.claims``, ``docs/plugins.md``)
+PAPER_ANALYSES = ("overfitting", "landscape", "hessian", "fourier", "variance", "noise", "lesion")
+
+
+def declared_rules(runs: Sequence[StudyRun]) -> list[Rule]:
+    """The claim rules the analyses with results in ``runs`` declare (not the paper's seven,
+    whose rules are :data:`CHECKS`), in the order of the analyses' names. The registry (which
+    imports the analyses, hence torch) is read only when such a result is there."""
+    found = sorted({a for r in runs for a in r.results} - set(PAPER_ANALYSES))
+    if not found:
+        return []
+    from ...analyses import analyses
+
+    known = analyses()
+    return [rule for a in found if a in known for rule in known[a].claim_rules()]
+
+
 def check_all(runs: Sequence[StudyRun], ablations: Sequence[StudyRun] = ()) -> list[Finding]:
-    """Every claim of :data:`CHECKS`, in the paper's order, then the ablations' claims."""
+    """Every claim of :data:`CHECKS`, in the paper's order, then the ablations' claims, then
+    those the other analyses declare (:func:`declared_rules`)."""
     both = [*runs, *ablations]
-    return [check(runs) for check in CHECKS] + [check(both) for check in ABLATION_CHECKS]
+    return (
+        [check(runs) for check in CHECKS]
+        + [check(both) for check in ABLATION_CHECKS]
+        + [check(runs) for check in declared_rules(runs)]
+    )
 
 
 __all__ = [
     "ABLATION_CHECKS",
     "CHECKS",
+    "PAPER_ANALYSES",
     "FAILS",
     "HOLDS",
     "INCONCLUSIVE",
@@ -74,6 +98,7 @@ __all__ = [
     "Measure",
     "Rule",
     "check_all",
+    "declared_rules",
     "check_msa_high_freq",
     "check_conv_high_freq",
     "check_msa_variance",

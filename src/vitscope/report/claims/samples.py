@@ -234,7 +234,7 @@ def _rise_from_rings(res: Result, ring: float) -> float | None:
 # ---- noise and lesion (per image) ------------------------------------------------------------
 
 
-def _accuracies(run: StudyRun, analysis: str, key: str, rs: Resample) -> np.ndarray | None:
+def row_accuracies(run: StudyRun, analysis: str, key: str, rs: Resample) -> np.ndarray | None:
     """The accuracy (a fraction) of each row of per-image correctness (row 0: clean/intact)
     over resampled test images; None: not kept."""
     res = run.results[analysis]
@@ -252,7 +252,7 @@ def noise_deltas(run: StudyRun, rs: Resample) -> tuple[np.ndarray, np.ndarray]:
     """``(band centres, ΔAccuracy in points)``, over resampled test images."""
     res = run.results["noise"]
     f = np.asarray(res.values.get(NoiseKeys.FREQUENCIES) or [], float)
-    acc = _accuracies(run, "noise", NoiseKeys.CORRECT, rs)
+    acc = row_accuracies(run, "noise", NoiseKeys.CORRECT, rs)
     if acc is not None and len(acc) == len(f) + 1:
         return f, 100.0 * (acc[1:] - acc[0])
     d = [np.nan if v is None else v for v in res.values.get(NoiseKeys.DELTA_ACC) or []]
@@ -265,7 +265,7 @@ def lesion_deltas(run: StudyRun, rs: Resample) -> list[float | None]:
     res = run.results["lesion"]
     deltas = list(res.values.get(LesionKeys.DELTA_ACC) or [])
     removed = res.values.get(LesionKeys.REMOVED)
-    acc = _accuracies(run, "lesion", LesionKeys.CORRECT, rs)
+    acc = row_accuracies(run, "lesion", LesionKeys.CORRECT, rs)
     if acc is None or removed is None or len(acc) != len(removed) + 1:
         if rs.active:
             raise NoSamples(f"{run.name}'s lesion result has no per-image correctness")

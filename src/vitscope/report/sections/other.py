@@ -9,13 +9,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from ..blocks import Block, Heading, Plot, Table, gallery, num, save_png, slug
+from ..blocks import Block, FigureWriter, Heading, Plot, Table, Text, gallery, num, save_png, slug
+from ..claims import PAPER_ANALYSES
 from ..load import StudyRun
-from .common import not_run, with_result
+from .common import first_seeds, not_run, with_result
 
-# the analyses the paper sections cover, in the coverage table's order; any other analysis gets
-# a generic section (:func:`section_other`)
-PAPER_ANALYSES = ("overfitting", "landscape", "hessian", "fourier", "variance", "noise", "lesion")
+# PAPER_ANALYSES: those the paper sections cover, in the coverage table's order; any other
+# analysis gets a generic section (:func:`section_other`)
 
 
 def other_analyses(runs: Sequence[StudyRun]) -> list[str]:
@@ -24,8 +24,12 @@ def other_analyses(runs: Sequence[StudyRun]) -> list[str]:
     return sorted(found - set(PAPER_ANALYSES))
 
 
-def section_other(runs: Sequence[StudyRun], out_dir: Path) -> list[Block]:
-    """A generic section per analysis with no paper section: its summary table, its figures."""
+def section_other(
+    runs: Sequence[StudyRun], out_dir: Path, figs: FigureWriter | None = None
+) -> list[Block]:
+    """A generic section per analysis with no paper section: its summary table, the overlay
+    of all runs it declares (``Analysis.compare``, drawn with ``figs``) and each run's saved
+    figures (the lowest seed of each model and fraction)."""
     names = other_analyses(runs)
     if not names:
         return []
@@ -38,8 +42,27 @@ def section_other(runs: Sequence[StudyRun], out_dir: Path) -> list[Block]:
         if labels:
             rows = [[r.label, *(num(r.results[name].summary.get(k)) for k in labels)] for r in have]
             out.append(Table(["Run", *labels], rows, id=slug(f"other_{name}_summary")))
-        out += gallery([p for r in have for p in _saved_plots(r, name, out_dir)])
+        plots: list[Plot | Text] = []
+        draw = _overlay(name) if figs is not None and have else None
+        if draw is not None:
+            from ..compare import overlay
+
+            results = [r.results[name] for r in have]
+            caption = f"{name}: every run ({len(have)}), the analysis' overlay."
+            fig = figs.add(f"{name}_overlay", lambda n=name, d=draw, rs=results: overlay(n, d, rs),
+                           caption)  # fmt: skip
+            plots.append(fig)
+        plots += [p for r in first_seeds(have) for p in _saved_plots(r, name, out_dir)]
+        out += gallery(plots)
     return out
+
+
+def _overlay(name: str):
+    """The registered analysis' overlay function, or None (unknown here, or none declared)."""
+    from ...analyses import analyses
+
+    known = analyses().get(name)
+    return known.compare_figure() if known is not None else None
 
 
 def _saved_plots(run: StudyRun, name: str, out_dir: Path) -> list[Plot]:

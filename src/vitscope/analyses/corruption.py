@@ -1,0 +1,271 @@
+"""Accuracy under the 15 common corruptions at 5 severities (Hendrycks & Dietterich 2019), and
+the paper's "robustness": the mean accuracy over them (Park & Kim 2022, Fig 8c / poster;
+``docs/methods/corruption.md``).
+
+The corrupted test images are made on the fly from the run's own test set
+(:mod:`vitscope.data.corruptions`: CIFAR-C parameters at 32 px, ImageNet-C at 224 px, a
+stated rule in between), so Fashion-MNIST-C, CIFAR-C-style and folder-C data need no files.
+Each (corruption, severity) draws from its own generator seeded by ``seed``: every model of a
+study sees the same corrupted images (a paired design), whatever rank computes the pair.
+
+With ``source`` naming a folder of the released CIFAR-10-C / CIFAR-100-C arrays
+(``<corruption>.npy``, 50000 x 32 x 32 x 3 uint8, severity ``s`` in rows
+``10000 (s - 1)`` to ``10000 s``, and ``labels.npy``), those images are used instead; their
+labels must equal the test set's.
+
+Everything this analysis is (config, result keys, run, figures, the overlay, the claim rule)
+goes through the plug-in contract: this module, :mod:`vitscope.data.corruptions` (the ops) and
+:mod:`vitscope.report.claims.corruption` (the claim, numpy only).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..data.augment import normalize
+from ..data.corruptions import CORRUPTIONS, SEVERITIES, check, corrupt_uint8, seed_for
+from ..errors import ConfigError, VitscopeError
+from ..results import Result, config_dict
+from .base import EvalData, eval_mode
+from .sharding import map_items
+from .spec import Analysis, Context, FigureSpec
+
+
+class Keys:
+    """Keys of the ``corruption`` result."""
+
+    CORRUPTIONS = "corruptions"  # names, in row order
+    SEVERITIES = "severities"
+    CLEAN_ACC = "clean_acc"  # %
+    ACCURACY = "accuracy"  # [corruption][severity] accuracy (%)
+    MEAN_ACC = "mean_acc"  # the mean over every corruption and severity: the robustness (%)
+    ERRORS = "errors"  # per corruption: the error summed over severities (%, for mCE)
+    NUM_IMAGES = "num_images"
+    SOURCE = "source"  # "generated" or the folder of released arrays
+    CORRECT = "correct"  # array (1 + C * S, images) uint8: row 0 clean, row 1 + c S + s - 1
+
+
+@dataclass(frozen=True)
+class Config:
+    """Corruption-robustness settings."""
+
+    corruptions: tuple[str, ...] = CORRUPTIONS  # names (vitscope.data.corruptions)
+    severities: tuple[int, ...] = SEVERITIES  # 1-5
+    num_images: int = 1000  # test images per (corruption, severity)
+    batch_size: int = 200
+    seed: int = 0  # the corruption noise (the same for every model)
+    source: str = ""  # a folder of released CIFAR-10/100-C .npy files; "": generate
+    device: str = "cpu"
+
+    def __post_init__(self) -> None:
+        if not self.corruptions or len(set(self.corruptions)) < len(self.corruptions):
+            raise ConfigError("corruption.corruptions must be distinct names, at least one")
+        for name in self.corruptions:
+            check(name)
+        if not self.severities or any(s not in SEVERITIES for s in self.severities):
+            raise ConfigError(f"corruption.severities must be in 1-5, got {list(self.severities)}")
+        if self.num_images < 1 or self.batch_size < 1:
+            raise ConfigError("corruption.num_images and corruption.batch_size must be >= 1")
+
+
+def row(cfg: Config, name: str, severity: int) -> int:
+    """The row of ``(name, severity)`` in ``arrays.correct`` (row 0: clean)."""
+    return 1 + cfg.corruptions.index(name) * len(cfg.severities) + cfg.severities.index(severity)
+
+
+class Released:
+    """The released CIFAR-10-C / CIFAR-100-C arrays in ``folder``, memory-mapped (numpy
+    ``.npy`` without pickles), checked against the test set they corrupt."""
+
+    def __init__(self, folder: str | Path, labels: torch.Tensor, n: int):
+        self.folder = Path(folder).expanduser()
+        if not self.folder.is_dir():
+            raise VitscopeError(f"corruption.source: no folder {self.folder}")
+        self.n = n
+        theirs = self._load("labels")
+        if theirs.ndim != 1 or len(theirs) < n:
+            raise VitscopeError(f"{self.folder / 'labels.npy'}: expected >= {n} labels")
+        if not np.array_equal(theirs[:n].astype(np.int64), labels[:n].numpy()):
+            raise VitscopeError(
+                f"{self.folder / 'labels.npy'}: its labels are not the test set's "
+                "(the released arrays corrupt CIFAR's test split in its order)"
+            )
+
+    def _load(self, stem: str) -> np.ndarray:
+        path = self.folder / f"{stem}.npy"
+        if not path.is_file():
+            raise VitscopeError(f"corruption.source: missing {path}")
+        try:
+            return np.load(path, mmap_mode="r", allow_pickle=False)
+        except ValueError as e:  # pickled or corrupt: never unpickled
+            raise VitscopeError(f"{path}: not a plain .npy array ({e})") from None
+
+    def images(self, name: str, severity: int, start: int, end: int) -> torch.Tensor:
+        a = self._load(name)
+        block = len(a) // 5
+        if a.ndim != 4 or a.shape[-1] not in (1, 3) or block < self.n:
+            raise VitscopeError(
+                f"{self.folder / (name + '.npy')}: expected (5 x N, H, W, C) uint8 with "
+                f"N >= {self.n}, got {a.shape}"
+            )
+        first = (severity - 1) * block
+        return torch.from_numpy(np.array(a[first + start : first + end])).permute(0, 3, 1, 2)
+
+
+@torch.no_grad()
+def corrupted_correct(
+    model: torch.nn.Module,
+    data: EvalData,
+    cfg: Config,
+    name: str | None,
+    severity: int = 0,
+    released: Released | None = None,
+) -> np.ndarray:
+    """Per test image, whether ``model`` classifies it right under ``name`` at ``severity``
+    (``None``: clean)."""
+    n = data.count(cfg.num_images)
+    g = torch.Generator().manual_seed(seed_for(cfg.seed, name, severity)) if name else None
+    hits = []
+    for start in range(0, n, cfg.batch_size):
+        end = min(start + cfg.batch_size, n)
+        if name is None:
+            images = data.images[start:end]
+        elif released is not None:
+            images = released.images(name, severity, start, end)
+            if images.shape[1:] != data.images.shape[1:]:
+                raise VitscopeError(
+                    f"corruption.source: {name} images are {tuple(images.shape[1:])}, the "
+                    f"test set's {tuple(data.images.shape[1:])}"
+                )
+        else:
+            images = corrupt_uint8(data.images[start:end].to(cfg.device), name, severity, g)
+        x = normalize(images.to(cfg.device), data.mean, data.std)
+        y = data.labels[start:end].to(cfg.device)
+        hits.append((model(x).argmax(1) == y).cpu().numpy())
+    return np.concatenate(hits)
+
+
+@torch.no_grad()
+def run(
+    model: torch.nn.Module, data: EvalData, cfg: Config = Config(), ctx: Context = Context()
+) -> Result:
+    """Accuracy per corruption and severity, their mean (robustness) and the clean accuracy.
+
+    Under torchrun the (corruption, severity) pairs are sharded over the ranks.
+
+    Returns:
+        Result ``corruption``: values ``corruptions``, ``severities``, ``clean_acc`` (%),
+        ``accuracy`` (``[corruption][severity]``, %), ``mean_acc`` (%), ``errors`` (per
+        corruption, the error summed over severities, %), ``num_images``, ``source``; array
+        ``correct`` (uint8, ``1 + corruptions x severities`` rows by test images), which the
+        report resamples.
+    """
+    if len(data) == 0:
+        raise VitscopeError("corruption: no test images")
+    released = Released(cfg.source, data.labels, data.count(cfg.num_images)) if cfg.source else None
+    items: list[tuple[str | None, int]] = [(None, 0)]
+    items += [(c, s) for c in cfg.corruptions for s in cfg.severities]
+    with eval_mode(model):
+        hits = map_items(
+            range(len(items)), lambda k: corrupted_correct(model, data, cfg, *items[k], released)
+        )
+    table = np.stack([hits[k] for k in range(len(items))]).astype(np.uint8)
+    acc = 100.0 * table.mean(axis=1)
+    grid = acc[1:].reshape(len(cfg.corruptions), len(cfg.severities))
+    return Result(
+        "corruption",
+        values={
+            Keys.CORRUPTIONS: list(cfg.corruptions),
+            Keys.SEVERITIES: list(cfg.severities),
+            Keys.CLEAN_ACC: float(acc[0]),
+            Keys.ACCURACY: grid.tolist(),
+            Keys.MEAN_ACC: float(grid.mean()),
+            Keys.ERRORS: (100.0 - grid).sum(axis=1).tolist(),
+            Keys.NUM_IMAGES: int(table.shape[1]),
+            Keys.SOURCE: str(cfg.source) if cfg.source else "generated",
+        },
+        arrays={Keys.CORRECT: table},
+        config=config_dict(cfg),
+    )
+
+
+def summary(result: Result) -> dict[str, float | None]:
+    """Clean accuracy, robustness (mean corruption accuracy) and the worst corruption's."""
+    v = result.values
+    worst = min(float(np.mean(r)) for r in v[Keys.ACCURACY])
+    return {
+        "clean accuracy (%)": v[Keys.CLEAN_ACC],
+        "robustness (%)": v[Keys.MEAN_ACC],
+        "worst corruption (%)": worst,
+    }
+
+
+# ---- figures ---------------------------------------------------------------------------------
+
+
+def draw_heatmap(result: Result, fig: Any) -> None:
+    """Accuracy (%) per corruption (rows) and severity (columns), clean accuracy in the title."""
+    v = result.values
+    grid = np.asarray(v[Keys.ACCURACY], float)
+    ax = fig.subplots()
+    im = ax.imshow(grid, cmap="viridis", vmin=0, vmax=100, aspect="auto")
+    ax.set_yticks(
+        range(len(v[Keys.CORRUPTIONS])), [c.replace("_", " ") for c in v[Keys.CORRUPTIONS]]
+    )
+    ax.set_xticks(range(len(v[Keys.SEVERITIES])), [str(s) for s in v[Keys.SEVERITIES]])
+    ax.tick_params(labelsize=7)
+    ax.set_xlabel("Severity")
+    for i in range(grid.shape[0]):
+        for j in range(grid.shape[1]):
+            ax.text(j, i, f"{grid[i, j]:.0f}", ha="center", va="center", fontsize=6,
+                    color="white" if grid[i, j] < 60 else "black")  # fmt: skip
+    label = result.label(result.meta.get("run", ""))
+    ax.set_title(
+        f"{label}: clean {v[Keys.CLEAN_ACC]:.1f}%, robustness {v[Keys.MEAN_ACC]:.1f}%", fontsize=8
+    )
+    fig.colorbar(im, ax=ax, label="Accuracy (%)")
+
+
+def draw_scatter(results: Any, fig: Any) -> None:
+    """The paper's accuracy-vs-robustness plane (Fig 8c): one point per run group (mean over
+    seeds, with a 95% t interval on each axis when there are several)."""
+    from ..report.load import family
+    from ..report.spread import group_label, groups, mean_band
+
+    ax = fig.subplots()
+    for group, members in groups(results):
+        clean = [m.values[Keys.CLEAN_ACC] for m in members]
+        robust = [m.values[Keys.MEAN_ACC] for m in members]
+        (cx, clo, chi, _), (ry, rlo, rhi, _) = (
+            mean_band([[v] for v in vs]) for vs in (clean, robust)
+        )
+        fam = family(str(members[0].meta.get("model", "")), members[0].meta.get("family"))
+        marker = {"ViT": "o", "PiT": "s", "Swin": "^", "AlterNet": "*"}.get(fam, "D")
+        ax.errorbar(
+            cx, ry, xerr=[[cx[0] - clo[0]], [chi[0] - cx[0]]], yerr=[[ry[0] - rlo[0]],
+            [rhi[0] - ry[0]]], fmt=marker, ms=7 if marker == "*" else 5, capsize=2,
+            label=group_label(group, members),
+        )  # fmt: skip
+    ax.set_xlabel("Clean accuracy (%)")
+    ax.set_ylabel("Robustness: mean corrupted accuracy (%)")
+    ax.legend(fontsize=6)
+
+
+ANALYSIS = Analysis(
+    name="corruption",
+    config=Config,
+    run=run,
+    split="test",
+    figures=(FigureSpec("corruption", draw_heatmap, size=(5, 4.6)),),
+    summary=summary,
+    compare=draw_scatter,
+    keys=Keys,
+    description="Accuracy under 15 corruptions x 5 severities; robustness (Fig 8c)",
+    order=35,
+    claims=("vitscope.report.claims.corruption:check_robustness",),
+)
