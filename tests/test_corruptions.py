@@ -289,3 +289,27 @@ def test_the_released_cifar_c_arrays_are_read_and_checked(trained, tmp_path):
         A.run(model3, data, replace(cfg, source=str(tmp_path)))
     with pytest.raises(VitscopeError, match="no folder"):
         A.run(model3, data, replace(cfg, source=str(tmp_path / "nope")))
+
+
+def _result(model: str, clean: float, acc: list, baseline: str = "resnet_tiny", fraction=1.0):
+    from vitscope.results import Result
+
+    values = {"corruptions": ["fog", "contrast"], "severities": [1, 5], "clean_acc": clean,
+              "accuracy": acc, "mean_acc": float(np.mean(acc))}  # fmt: skip
+    meta = {"model": model, "dataset": "d", "fraction": fraction, "run": f"runs/{model}"}
+    return Result("corruption", values, config={"baseline": baseline}, meta=meta)
+
+
+def test_mce_is_hendrycks_ratio_of_summed_errors_to_the_baselines():
+    base = _result("resnet_tiny", 90.0, [[80, 60], [90, 70]])  # errors fog 20+40, contrast 10+30
+    model = _result("vit_tiny", 95.0, [[90, 80], [90, 70]])  # fog 10+20, contrast 10+30
+    # CE: fog 30/60, contrast 40/40 -> mCE 75%; relative (clean errors 5 and 10 subtracted):
+    # fog (5+15)/(10+30), contrast (5+25)/(0+20) -> 100%
+    assert A.corruption_errors(model, [base]) == pytest.approx((75.0, 100.0))
+    assert A.corruption_errors(base, [base]) == pytest.approx((100.0, 100.0))
+    other = _result("resnet_tiny", 90.0, [[80, 60], [90, 70]], fraction=0.5)
+    headers, rows = A.baseline_table([base, model, other])
+    assert headers[2] == "mCE vs resnet_tiny (%)"
+    assert [r[2:] for r in rows] == [["100.0", "100.0"], ["75.0", "100.0"], ["100.0", "100.0"]]
+    assert A.baseline_table([_result("vit_tiny", 90.0, [[1, 2], [3, 4]], baseline="")]) is None
+    assert A.corruption_errors(model, []) is None

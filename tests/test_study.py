@@ -61,6 +61,7 @@ def test_reproduce_end_to_end_then_resume_then_force(folder_data, tmp_path):
     assert "corruption: every run (2)" in html
     assert (out / "figures" / "corruption_overlay.png").is_file()
     assert "Robustness (mean corrupted accuracy) tracks accuracy" in html
+    assert "mCE vs resnet_tiny (%)" in html  # the study names a baseline
     report.unlink()
     assert main(["report", str(out)]) == 0
     assert report.read_text().count("<img") == html.count("<img")

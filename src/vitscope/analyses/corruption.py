@@ -20,6 +20,7 @@ goes through the plug-in contract: this module, :mod:`vitscope.data.corruptions`
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -60,6 +61,7 @@ class Config:
     batch_size: int = 200
     seed: int = 0  # the corruption noise (the same for every model)
     source: str = ""  # a folder of released CIFAR-10/100-C .npy files; "": generate
+    baseline: str = ""  # a model name: the report's mCE divides by its errors (Hendrycks)
     device: str = "cpu"
 
     def __post_init__(self) -> None:
@@ -205,6 +207,63 @@ def summary(result: Result) -> dict[str, float | None]:
     }
 
 
+# ---- corruption error relative to a baseline (Hendrycks & Dietterich 2019) -------------------
+
+
+def corruption_errors(result: Result, baseline: Sequence[Result]) -> tuple[float, float] | None:
+    """``(mCE, relative mCE)`` in percent of ``result`` against the mean errors of the
+    ``baseline`` results, over the corruptions they share; None if there is nothing to
+    compare (no baseline, other severities).
+
+    ``CE_c = sum_s E_sc / sum_s E_sc(baseline)``, ``mCE = mean_c CE_c``; the relative one
+    subtracts each model's clean error from every ``E_sc`` first.
+    """
+
+    def table(r: Result) -> dict[str, tuple[np.ndarray, float]]:
+        v = r.values
+        err = 100.0 - np.asarray(v[Keys.ACCURACY], float)  # (corruptions, severities)
+        clean = 100.0 - float(v[Keys.CLEAN_ACC])
+        return {c: (err[i], clean) for i, c in enumerate(v[Keys.CORRUPTIONS])}
+
+    levels = list(result.values[Keys.SEVERITIES])
+    if not baseline or any(list(b.values[Keys.SEVERITIES]) != levels for b in baseline):
+        return None
+    mine, theirs = table(result), [table(b) for b in baseline]
+    ce, rel = [], []
+    for c in [c for c in mine if all(c in t for t in theirs)]:
+        e, clean = mine[c]
+        base = np.mean([t[c][0] for t in theirs], axis=0)
+        base_clean = float(np.mean([t[c][1] for t in theirs]))
+        if base.sum() > 0:
+            ce.append(e.sum() / base.sum())
+        if (base - base_clean).sum() > 0:
+            rel.append((e - clean).sum() / (base - base_clean).sum())
+    if not ce:
+        return None
+    return 100.0 * float(np.mean(ce)), (100.0 * float(np.mean(rel)) if rel else float("nan"))
+
+
+def _where(r: Result) -> tuple:
+    return (r.meta.get("dataset"), r.meta.get("fraction"))
+
+
+def baseline_table(results: Sequence[Result]) -> tuple[list[str], list[list[str]]] | None:
+    """The report's table of mCE against the model the results' ``baseline`` names: the
+    runs of that model with the same dataset and fraction, errors averaged over their seeds.
+    None when no baseline (or more than one) is named."""
+    named = {str(r.config.get("baseline") or "") for r in results} - {""}
+    if len(named) != 1:
+        return None
+    (model,) = named
+    rows = []
+    for r in results:
+        base = [b for b in results if b.meta.get("model") == model and _where(b) == _where(r)]
+        got = corruption_errors(r, base)
+        mce = ["—", "—"] if got is None else [f"{got[0]:.1f}", f"{got[1]:.1f}"]
+        rows.append([r.label(r.meta.get("run", "")), f"{r.values[Keys.MEAN_ACC]:.2f}", *mce])
+    return ["Run", "robustness (%)", f"mCE vs {model} (%)", f"relative mCE vs {model} (%)"], rows
+
+
 # ---- figures ---------------------------------------------------------------------------------
 
 
@@ -268,4 +327,5 @@ ANALYSIS = Analysis(
     description="Accuracy under 15 corruptions x 5 severities; robustness (Fig 8c)",
     order=35,
     claims=("vitscope.report.claims.corruption:check_robustness",),
+    table=baseline_table,
 )

@@ -99,6 +99,9 @@ class Analysis:
         order: position in listings and in the default ``--only`` (built-ins: 10, 20, ...).
         uses_labels: the analysis scores the model's predictions against labels, so the
             model's outputs must be the data's classes (False: feature maps only).
+        table: ``table(results) -> (headers, rows)`` or None: a table over the results of
+            every run of a study that the report shows in the analysis' section (e.g. errors
+            relative to a baseline run), or a ``"module:function"`` string.
         claims: claim rules ``rule(runs) -> Finding`` (or ``"module:function"`` strings,
             imported when a report is built) over a study's
             :class:`~vitscope.report.load.StudyRun` records; the report's findings table and
@@ -119,6 +122,7 @@ class Analysis:
     order: int = 1000
     uses_labels: bool = True
     claims: Sequence[Callable[..., Any] | str] = ()
+    table: Callable[..., Any] | str | None = None
 
     def __post_init__(self) -> None:
         where = f"analysis {self.name!r}"
@@ -178,6 +182,9 @@ class Analysis:
 
     def compare_figure(self) -> Callable[[Sequence[Result], Any], None] | None:
         return resolve_ref(self.compare) if self.compare is not None else None
+
+    def study_table(self) -> Callable[..., Any] | None:
+        return resolve_ref(self.table) if self.table is not None else None
 
     def claim_rules(self) -> list[Callable[..., Any]]:
         """The declared claim rules, imported."""

@@ -42,8 +42,14 @@ def section_other(
         if labels:
             rows = [[r.label, *(num(r.results[name].summary.get(k)) for k in labels)] for r in have]
             out.append(Table(["Run", *labels], rows, id=slug(f"other_{name}_summary")))
+        declared = _declared(name)
+        table = declared.study_table() if declared is not None and have else None
+        made = table([r.results[name] for r in have]) if table is not None else None
+        if made:
+            out.append(Table(made[0], made[1], id=slug(f"other_{name}_table")))
         plots: list[Plot | Text] = []
-        draw = _overlay(name) if figs is not None and have else None
+        draw = declared.compare_figure() if declared is not None and figs is not None else None
+        draw = draw if have else None
         if draw is not None:
             from ..compare import overlay
 
@@ -57,12 +63,11 @@ def section_other(
     return out
 
 
-def _overlay(name: str):
-    """The registered analysis' overlay function, or None (unknown here, or none declared)."""
+def _declared(name: str):
+    """The registered :class:`~vitscope.analyses.spec.Analysis` ``name``, or None."""
     from ...analyses import analyses
 
-    known = analyses().get(name)
-    return known.compare_figure() if known is not None else None
+    return analyses().get(name)
 
 
 def _saved_plots(run: StudyRun, name: str, out_dir: Path) -> list[Plot]:
