@@ -242,3 +242,77 @@ def test_bad_arguments():
         BatchAugment(**FM, mixup_alpha=-1)
     with pytest.raises(VitscopeError):
         BatchAugment(**FM)(torch.zeros(2, 1, 8, 8), torch.zeros(2, dtype=torch.long))
+
+
+# ---- RandomResizedCrop -------------------------------------------------------------------------
+
+
+def test_rrc_boxes_fit_and_follow_scale_and_ratio():
+    from vitscope.data.augment import rrc_boxes
+
+    torch.manual_seed(0)
+    b = rrc_boxes(4000, 48, 64, (0.08, 1.0), (3 / 4, 4 / 3))
+    top, left, h, w = b.T.double()
+    assert (
+        (top >= 0).all() and (left >= 0).all() and (top + h <= 48).all() and (left + w <= 64).all()
+    )
+    share, aspect = h * w / (48 * 64), w / h
+    # rounding to whole pixels moves share and ratio a little past their ranges
+    assert share.min() > 0.06 and share.max() <= 1
+    assert aspect.min() > 0.7 and aspect.max() < 1.4
+    assert 0.3 < share.mean() < 0.7 and share.std() > 0.2  # spread over the range
+    assert len({tuple(r) for r in b.tolist()}) > 3000  # offsets and sizes vary
+    torch.manual_seed(0)
+    assert torch.equal(rrc_boxes(4000, 48, 64, (0.08, 1.0), (3 / 4, 4 / 3)), b)  # global RNG
+    # nothing fits a 2:1 crop of the whole area on a square image: torchvision's central crop
+    fb = rrc_boxes(5, 32, 32, (1.0, 1.0), (2.0, 2.0))
+    assert fb.tolist() == [[8, 0, 16, 32]] * 5
+
+
+def test_resized_crops_are_exact_for_the_whole_image_and_for_an_unscaled_box():
+    from vitscope.data.augment import resized_crops
+
+    x = torch.rand(2, 3, 20, 24)
+    whole = torch.tensor([[0, 0, 20, 24]] * 2)
+    for mode in ("bilinear", "bicubic"):
+        torch.testing.assert_close(resized_crops(x, whole, (20, 24), mode), x)
+    box = torch.tensor([[2, 3, 8, 10], [5, 0, 8, 10]])
+    out = resized_crops(x, box, (8, 10))
+    torch.testing.assert_close(out[0], x[0, :, 2:10, 3:13])
+    torch.testing.assert_close(out[1], x[1, :, 5:13, 0:10])
+    # a box of half the side upsampled 2x: bilinear between the box's pixels
+    up = resized_crops(x, torch.tensor([[0, 0, 10, 12]] * 2), (20, 24))
+    ref = F.interpolate(x[:, :, :10, :12], size=(20, 24), mode="bilinear", align_corners=False)
+    torch.testing.assert_close(up, ref)
+
+
+@pytest.mark.parametrize("interpolation", ["bilinear", "bicubic", "random"])
+def test_batch_augment_with_rrc(interpolation):
+    x, y = _batch(8, 3, 32)
+    aug = BatchAugment(**C10, crop_padding=0, rrc=True, interpolation=interpolation)
+    torch.manual_seed(1)
+    a, t = aug(x, y)
+    assert a.shape == (8, 3, 32, 32) and t.shape == (8, 10)
+    torch.manual_seed(1)
+    assert torch.equal(aug(x, y)[0], a)
+    assert "rrc=True" in repr(aug)
+    assert "rrc" not in repr(BatchAugment(**C10))  # older transforms read the same
+
+
+@pytest.mark.parametrize(
+    "kw, words",
+    [
+        ({"rrc": True}, "augment.rrc replaces the padded random crop"),
+        ({"rrc": True, "crop_padding": 0, "rrc_scale": (0.5, 1.5)}, "augment.rrc_scale"),
+        ({"rrc": True, "crop_padding": 0, "rrc_ratio": (2.0, 1.0)}, "augment.rrc_ratio"),
+        ({"interpolation": "lanczos"}, "augment.interpolation must be one of"),
+    ],
+)
+def test_bad_rrc_settings_are_one_line_errors(kw, words):
+    from vitscope import config as C
+
+    with pytest.raises(ConfigError, match=words) as e:
+        BatchAugment(**C10, **kw)
+    assert "\n" not in str(e.value)
+    with pytest.raises(ConfigError, match=words):
+        C.AugmentConfig(**kw)

@@ -27,6 +27,19 @@ def test_paper_vit_preset_matches_the_spec():
     assert (sgd.optimizer, sgd.lr, sgd.milestones, sgd.gamma) == ("sgd", 0.1, (60, 120, 160), 0.2)
 
 
+def test_ra_mstd_reaches_the_augmentation_and_the_imagenet_preset_uses_the_papers():
+    from vitscope.data import dataset_info
+    from vitscope.study import load_study
+    from vitscope.train.trainer import build_augment
+
+    cfg = C.resolve(preset="paper-vit", overrides={"augment": {"ra_mstd": 0.5}})
+    assert build_augment(cfg, dataset_info("cifar100")).ra_mstd == 0.5
+    assert C.resolve(preset="paper-vit").augment.ra_mstd == 1.0
+    runs = load_study("imagenet").run_configs().values()
+    assert runs and all(r.augment.ra_mstd == 0.5 for r in runs)
+    assert all(r.augment.rrc and r.augment.interpolation == "random" for r in runs)
+
+
 def test_layers_override_in_order(tmp_path):
     f = tmp_path / "c.yaml"
     f.write_text("train:\n  lr: 0.5\n  epochs: 7\nmodel:\n  kwargs: {head: cls}\n")
@@ -54,6 +67,7 @@ def test_layers_override_in_order(tmp_path):
         (["train.batch_size=abc"], "train.batch_size must be an integer"),
         (["train.lr=nan"], "train.lr"),
         (["augment.label_smoothing=2"], "augment.label_smoothing"),
+        (["augment.ra_mstd=-1"], "augment.ra_mstd must be >= 0"),
         (["train.device=tpu"], "train.device"),
         (["nonsense"], "key=value"),
     ],

@@ -48,15 +48,46 @@ class DataConfig:
         )
 
 
+INTERPOLATIONS = ("bilinear", "bicubic", "random")  # RandomResizedCrop; random: timm's
+
+
+def check_rrc(
+    scale: tuple[float, ...], ratio: tuple[float, ...], interpolation: str, padding: int = 0
+) -> None:
+    """One-line errors for RandomResizedCrop settings (``padding``: a crop padding used too)."""
+    if len(scale) != 2 or not 0 < scale[0] <= scale[1] <= 1:
+        raise ConfigError(
+            f"augment.rrc_scale must be (low, high) with 0 < low <= high <= 1, got {list(scale)}"
+        )
+    if len(ratio) != 2 or not 0 < ratio[0] <= ratio[1]:
+        raise ConfigError(
+            f"augment.rrc_ratio must be (low, high) with 0 < low <= high, got {list(ratio)}"
+        )
+    if interpolation not in INTERPOLATIONS:
+        raise ConfigError(
+            f"augment.interpolation must be one of {', '.join(INTERPOLATIONS)}, "
+            f"got {interpolation!r}"
+        )
+    if padding:
+        raise ConfigError(
+            "augment.rrc replaces the padded random crop: set augment.crop_padding: 0"
+        )
+
+
 @dataclass(frozen=True)
 class AugmentConfig:
     """Batch augmentation of training images (kornia), ``docs/methods/training.md``."""
 
     crop_padding: int = 4  # random crop with zero padding of this many pixels; 0 disables
+    rrc: bool = False  # RandomResizedCrop back to the image size (needs crop_padding 0)
+    rrc_scale: tuple[float, float] = (0.08, 1.0)  # share of the image area a crop covers
+    rrc_ratio: tuple[float, float] = (3 / 4, 4 / 3)  # aspect ratios, log-uniform
+    interpolation: str = "bilinear"  # of the resized crop: bilinear, bicubic or random
     hflip: bool = True  # random horizontal flip with probability 0.5
     randaugment: bool = False  # RandAugment (timm 'rand-m9-n2' in the paper recipe)
     ra_n: int = 2  # RandAugment: operations per image
     ra_m: int = 9  # RandAugment: magnitude (timm scale, 10 = strongest; 'm9' in the paper)
+    ra_mstd: float = 1.0  # RandAugment: std of the magnitude noise (paper: 1.0 CIFAR, 0.5 ImageNet)
     mixup_alpha: float = 0.0  # Mixup Beta(alpha, alpha); 0 disables
     cutmix_alpha: float = 0.0  # CutMix Beta(alpha, alpha); 0 disables
     mix_prob: float = 1.0  # probability that a batch is mixed at all
@@ -69,6 +100,8 @@ class AugmentConfig:
         )
         _check(self.ra_n >= 0, f"augment.ra_n must be >= 0, got {self.ra_n}")
         _check(0 <= self.ra_m <= 30, f"augment.ra_m must be in [0, 30], got {self.ra_m}")
+        _check(self.ra_mstd >= 0, f"augment.ra_mstd must be >= 0, got {self.ra_mstd}")
+        check_rrc(self.rrc_scale, self.rrc_ratio, self.interpolation, self.crop_padding * self.rrc)
         for name in ("mixup_alpha", "cutmix_alpha"):
             _check(getattr(self, name) >= 0, f"augment.{name} must be >= 0")
         for name in ("mix_prob", "switch_prob", "label_smoothing"):

@@ -45,6 +45,7 @@ from collections.abc import Callable, Sequence
 import torch
 import torch.nn.functional as F
 
+from ..config import check_rrc
 from ..errors import ConfigError, VitscopeError
 
 # --------------------------------------------------------------------------------------
@@ -109,6 +110,82 @@ def random_crop(x: torch.Tensor, padding: int) -> torch.Tensor:
     window = (torch.arange(H)[:, None] * Wp + torch.arange(W)).flatten()  # (H*W,) at offset 0
     idx = ((dy * Wp + dx)[:, None] + window).to(x.device)  # (B, H*W)
     return xp.gather(2, idx[:, None, :].expand(B, C, H * W)).view(B, C, H, W)
+
+
+def rrc_boxes(
+    n: int, h: int, w: int, scale: tuple[float, float], ratio: tuple[float, float]
+) -> torch.Tensor:
+    """``(n, 4)`` crop boxes ``(top, left, height, width)`` of torchvision's
+    ``RandomResizedCrop.get_params``, per image: up to 10 tries of an area share uniform in
+    ``scale`` and an aspect ratio log-uniform in ``ratio`` that fit the image; else the
+    central crop of the largest box whose ratio is clamped into ``ratio``. Offsets uniform.
+    Random numbers from torch's global generator."""
+    area = h * w * (scale[0] + (scale[1] - scale[0]) * torch.rand(n, 10, dtype=torch.float64))
+    lo, hi = math.log(ratio[0]), math.log(ratio[1])
+    aspect = torch.exp(lo + (hi - lo) * torch.rand(n, 10, dtype=torch.float64))
+    cw = torch.round(torch.sqrt(area * aspect))
+    ch = torch.round(torch.sqrt(area / aspect))
+    fits = (cw > 0) & (cw <= w) & (ch > 0) & (ch <= h)
+    first = fits.double().argmax(1)  # the first try that fits (0 if none does)
+    rows = torch.arange(n)
+    ch, cw, ok = ch[rows, first], cw[rows, first], fits[rows, first]
+    # the fallback: torchvision's central crop
+    in_ratio = w / h
+    if in_ratio < ratio[0]:
+        fh, fw = round(w / ratio[0]), w
+    elif in_ratio > ratio[1]:
+        fh, fw = h, round(h * ratio[1])
+    else:
+        fh, fw = h, w
+    ch = torch.where(ok, ch, torch.full_like(ch, fh))
+    cw = torch.where(ok, cw, torch.full_like(cw, fw))
+    u = torch.rand(n, 2, dtype=torch.float64)
+    top = torch.where(ok, torch.floor(u[:, 0] * (h - ch + 1)), torch.full_like(ch, (h - fh) // 2))
+    left = torch.where(ok, torch.floor(u[:, 1] * (w - cw + 1)), torch.full_like(cw, (w - fw) // 2))
+    return torch.stack([top, left, ch, cw], 1).long()
+
+
+def resized_crops(
+    x: torch.Tensor, boxes: torch.Tensor, size: tuple[int, int], mode: str = "bilinear"
+) -> torch.Tensor:
+    """Each box ``(top, left, height, width)`` of ``x`` (B, C, H, W, float) cropped and then
+    resized to ``size`` (``mode``: bilinear or bicubic, ``align_corners=False``, antialiased
+    when it shrinks), image by image: torchvision's ``resized_crop`` on tensors, whose edges
+    repeat the crop's own border pixels."""
+    out = []
+    for img, (t, l, h, w) in zip(x, boxes.tolist()):
+        crop = img[None, :, t : t + h, l : l + w]
+        if (h, w) == tuple(size):
+            out.append(crop)
+        else:
+            out.append(
+                F.interpolate(crop, size=size, mode=mode, align_corners=False, antialias=True)
+            )
+    return torch.cat(out)
+
+
+def random_resized_crop(
+    x: torch.Tensor,
+    scale: tuple[float, float] = (0.08, 1.0),
+    ratio: tuple[float, float] = (3 / 4, 4 / 3),
+    interpolation: str = "bilinear",
+) -> torch.Tensor:
+    """torchvision's ``RandomResizedCrop`` back to the batch's own size, per image, on uint8
+    ``x`` (B, C, H, W); returns uint8. ``interpolation="random"``: bilinear or bicubic per
+    image with equal odds (timm's ``random``)."""
+    B, _, H, W = x.shape
+    boxes = rrc_boxes(B, H, W, scale, ratio)
+    f = x.float()
+    if interpolation == "random":
+        bicubic = (torch.rand(B) < 0.5).to(x.device).view(-1, 1, 1, 1)
+        out = torch.where(
+            bicubic,
+            resized_crops(f, boxes, (H, W), "bicubic"),
+            resized_crops(f, boxes, (H, W), "bilinear"),
+        )
+    else:
+        out = resized_crops(f, boxes, (H, W), interpolation)
+    return out.round_().clamp_(0, 255).to(torch.uint8)
 
 
 def random_hflip(x: torch.Tensor, p: float = 0.5) -> torch.Tensor:
@@ -363,6 +440,8 @@ class BatchAugment:
         std: per-channel std of ``x / 255``.
         num_classes: width of the soft targets.
         crop_padding: zero padding of the random crop; 0 disables the crop.
+        rrc: torchvision's RandomResizedCrop (``rrc_scale``, ``rrc_ratio``,
+            ``interpolation``) back to the images' size, before the flip.
         hflip: random horizontal flip with probability 0.5.
         randaugment: apply :func:`rand_augment` (timm ``rand-m{ra_m}-n{ra_n}-mstd{ra_mstd}``).
         ra_n: RandAugment operations per image.
@@ -385,6 +464,10 @@ class BatchAugment:
         std: Sequence[float],
         num_classes: int,
         crop_padding: int = 4,
+        rrc: bool = False,
+        rrc_scale: tuple[float, float] = (0.08, 1.0),
+        rrc_ratio: tuple[float, float] = (3 / 4, 4 / 3),
+        interpolation: str = "bilinear",
         hflip: bool = True,
         randaugment: bool = False,
         ra_n: int = 2,
@@ -405,6 +488,7 @@ class BatchAugment:
                 "need num_classes >= 1 and crop_padding, ra_n, ra_m, ra_mstd >= 0; "
                 f"got {num_classes}, {crop_padding}, {ra_n}, {ra_m}, {ra_mstd}"
             )
+        check_rrc(rrc_scale, rrc_ratio, interpolation, crop_padding if rrc else 0)
         if mixup_alpha < 0 or cutmix_alpha < 0:
             raise ConfigError(
                 f"mixup_alpha and cutmix_alpha must be >= 0, got {mixup_alpha}, {cutmix_alpha}"
@@ -419,6 +503,9 @@ class BatchAugment:
         self.mean, self.std = tuple(float(v) for v in mean), tuple(float(v) for v in std)
         self.num_classes = int(num_classes)
         self.crop_padding, self.hflip = int(crop_padding), bool(hflip)
+        self.rrc, self.interpolation = bool(rrc), str(interpolation)
+        self.rrc_scale = (float(rrc_scale[0]), float(rrc_scale[1]))
+        self.rrc_ratio = (float(rrc_ratio[0]), float(rrc_ratio[1]))
         self.randaugment = bool(randaugment)
         self.ra_n, self.ra_m, self.ra_mstd = int(ra_n), float(ra_m), float(ra_mstd)
         self.mixup_alpha, self.cutmix_alpha = float(mixup_alpha), float(cutmix_alpha)
@@ -436,6 +523,8 @@ class BatchAugment:
                 f"got {images.dtype} {tuple(images.shape)} and {tuple(labels.shape)}"
             )
         x = random_crop(images, self.crop_padding)  # on uint8: a quarter of the bytes to move
+        if self.rrc:
+            x = random_resized_crop(x, self.rrc_scale, self.rrc_ratio, self.interpolation)
         if self.hflip:
             x = random_hflip(x)
         x = x.float()
@@ -479,4 +568,8 @@ class BatchAugment:
             "cutmix_alpha",
             "label_smoothing",
         )
+        if self.rrc:  # only then: the transform text of older results stays the same
+            keys += ("rrc", "rrc_scale", "rrc_ratio", "interpolation")
+        if self.randaugment and self.ra_mstd != 1.0:
+            keys += ("ra_mstd",)
         return f"BatchAugment({', '.join(f'{k}={getattr(self, k)}' for k in keys)})"
