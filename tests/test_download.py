@@ -44,8 +44,9 @@ class _Handler(BaseHTTPRequestHandler):
             self.send_header("Content-Range", f"bytes {start}-{len(body) - 1}/{len(body)}")
         self.send_header("Content-Length", str(len(body) - start))
         self.end_headers()
-        self.wfile.write(body[start:])
+        # counted before the write: the client may return before this thread runs on
         srv.sent += len(body) - start
+        self.wfile.write(body[start:])
 
     def log_message(self, *args):  # keep pytest output clean
         pass
