@@ -380,3 +380,25 @@ def test_balanced_subset_errors():
     with pytest.raises(ConfigError) as e:
         balanced_subset(labels, 0.04)  # class 2 has 20 images: int(20 * 0.04) == 0
     _one_line_error(e, "class 2", "0.05")
+
+
+def test_channel_statistics_stream_in_integer_sums_and_match_float64():
+    from vitscope.data.datasets import ChannelStats, _channel_stats
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randint(0, 256, (300, 3, 9, 7), dtype=torch.uint8, generator=g)
+    ref = x.transpose(0, 1).reshape(3, -1).double() / 255
+    mean, std = _channel_stats(x)
+    assert mean == pytest.approx(ref.mean(1).tolist(), abs=1e-6)
+    assert std == pytest.approx(ref.std(1).tolist(), abs=1e-6)
+    parts = ChannelStats()
+    for part in (x[:1], x[1:200], x[200:]):  # any split into batches: the same numbers
+        parts.update(part)
+    assert parts.result() == (mean, std)
+    flat = ChannelStats()
+    flat.update(torch.full((3, 1, 4, 4), 255, dtype=torch.uint8))
+    assert flat.result() == ((1.0,), (0.0,))
+    with pytest.raises(DatasetError, match="3 channels after 1"):
+        flat.update(x[:2])
+    with pytest.raises(DatasetError, match="need uint8"):
+        ChannelStats().update(x.float())
