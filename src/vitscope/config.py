@@ -101,7 +101,9 @@ class AugmentConfig:
         _check(self.ra_n >= 0, f"augment.ra_n must be >= 0, got {self.ra_n}")
         _check(0 <= self.ra_m <= 30, f"augment.ra_m must be in [0, 30], got {self.ra_m}")
         _check(self.ra_mstd >= 0, f"augment.ra_mstd must be >= 0, got {self.ra_mstd}")
-        check_rrc(self.rrc_scale, self.rrc_ratio, self.interpolation, self.crop_padding * self.rrc)
+        check_rrc(
+            self.rrc_scale, self.rrc_ratio, self.interpolation, self.crop_padding if self.rrc else 0
+        )
         for name in ("mixup_alpha", "cutmix_alpha"):
             _check(getattr(self, name) >= 0, f"augment.{name} must be >= 0")
         for name in ("mix_prob", "switch_prob", "label_smoothing"):

@@ -279,9 +279,9 @@ def _core(study: StudyConfig) -> dict:
 
 def _same_study(before: StudyConfig, study: StudyConfig) -> str:
     """Why ``study`` cannot continue the folder of ``before`` ("" if it can)."""
-    if _core(before) != _core(study):
-        a, b = _core(before), _core(study)
-        keys = sorted(k for k in {*a, *b} if a.get(k) != b.get(k))
+    a, b = _core(before), _core(study)
+    keys = sorted(k for k in {*a, *b} if a.get(k) != b.get(k))
+    if keys:
         return f"its {', '.join(keys)} differ"
     old, new = to_dict(before).get("analyses", {}), to_dict(study).get("analyses", {})
     changed = sorted(k for k in old if old[k] != new.get(k))

@@ -32,23 +32,10 @@ from ..data.augment import normalize
 from ..data.corruptions import CORRUPTIONS, SEVERITIES, check, corrupt_uint8, seed_for
 from ..errors import ConfigError, VitscopeError
 from ..results import Result, config_dict
-from .base import EvalData, eval_mode
+from .base import EvalData, correct, eval_mode
+from .keys import CorruptionKeys as Keys
 from .sharding import map_items
 from .spec import Analysis, Context, FigureSpec
-
-
-class Keys:
-    """Keys of the ``corruption`` result."""
-
-    CORRUPTIONS = "corruptions"  # names, in row order
-    SEVERITIES = "severities"
-    CLEAN_ACC = "clean_acc"  # %
-    ACCURACY = "accuracy"  # [corruption][severity] accuracy (%)
-    MEAN_ACC = "mean_acc"  # the mean over every corruption and severity: the robustness (%)
-    ERRORS = "errors"  # per corruption: the error summed over severities (%, for mCE)
-    NUM_IMAGES = "num_images"
-    SOURCE = "source"  # "generated" or the folder of released arrays
-    CORRECT = "correct"  # array (1 + C * S, images) uint8: row 0 clean, row 1 + c S + s - 1
 
 
 @dataclass(frozen=True)
@@ -82,17 +69,21 @@ def row(cfg: Config, name: str, severity: int) -> int:
 
 class Released:
     """The released CIFAR-10-C / CIFAR-100-C arrays in ``folder``, memory-mapped (numpy
-    ``.npy`` without pickles), checked against the test set they corrupt."""
+    ``.npy`` without pickles), checked against the test set they corrupt: its first ``n``
+    labels and its image shape. Each array is opened and checked once."""
 
-    def __init__(self, folder: str | Path, labels: torch.Tensor, n: int):
+    def __init__(self, folder: str | Path, data: EvalData, n: int):
         self.folder = Path(folder).expanduser()
         if not self.folder.is_dir():
             raise VitscopeError(f"corruption.source: no folder {self.folder}")
         self.n = n
+        c, h, w = data.images.shape[1:]
+        self.shape = (h, w, c)  # the release's layout: (5 N, H, W, C)
+        self._arrays: dict[str, np.ndarray] = {}
         theirs = self._load("labels")
         if theirs.ndim != 1 or len(theirs) < n:
             raise VitscopeError(f"{self.folder / 'labels.npy'}: expected >= {n} labels")
-        if not np.array_equal(theirs[:n].astype(np.int64), labels[:n].numpy()):
+        if not np.array_equal(theirs[:n].astype(np.int64), data.labels[:n].numpy()):
             raise VitscopeError(
                 f"{self.folder / 'labels.npy'}: its labels are not the test set's "
                 "(the released arrays corrupt CIFAR's test split in its order)"
@@ -107,15 +98,21 @@ class Released:
         except ValueError as e:  # pickled or corrupt: never unpickled
             raise VitscopeError(f"{path}: not a plain .npy array ({e})") from None
 
+    def _array(self, name: str) -> np.ndarray:
+        if name not in self._arrays:
+            a = self._load(name)
+            if a.ndim != 4 or a.shape[1:] != self.shape or len(a) // 5 < self.n:
+                raise VitscopeError(
+                    f"{self.folder / (name + '.npy')}: expected (5 x N, H, W, C) = "
+                    f"(5 x >= {self.n}, {', '.join(map(str, self.shape))}) uint8 like the "
+                    f"test set, got {a.shape}"
+                )
+            self._arrays[name] = a
+        return self._arrays[name]
+
     def images(self, name: str, severity: int, start: int, end: int) -> torch.Tensor:
-        a = self._load(name)
-        block = len(a) // 5
-        if a.ndim != 4 or a.shape[-1] not in (1, 3) or block < self.n:
-            raise VitscopeError(
-                f"{self.folder / (name + '.npy')}: expected (5 x N, H, W, C) uint8 with "
-                f"N >= {self.n}, got {a.shape}"
-            )
-        first = (severity - 1) * block
+        a = self._array(name)
+        first = (severity - 1) * (len(a) // 5)
         return torch.from_numpy(np.array(a[first + start : first + end])).permute(0, 3, 1, 2)
 
 
@@ -130,26 +127,21 @@ def corrupted_correct(
 ) -> np.ndarray:
     """Per test image, whether ``model`` classifies it right under ``name`` at ``severity``
     (``None``: clean)."""
+    if name is None:
+        return correct(model, data.batches(cfg.batch_size, cfg.device, limit=cfg.num_images))
     n = data.count(cfg.num_images)
-    g = torch.Generator().manual_seed(seed_for(cfg.seed, name, severity)) if name else None
-    hits = []
-    for start in range(0, n, cfg.batch_size):
-        end = min(start + cfg.batch_size, n)
-        if name is None:
-            images = data.images[start:end]
-        elif released is not None:
-            images = released.images(name, severity, start, end)
-            if images.shape[1:] != data.images.shape[1:]:
-                raise VitscopeError(
-                    f"corruption.source: {name} images are {tuple(images.shape[1:])}, the "
-                    f"test set's {tuple(data.images.shape[1:])}"
-                )
-        else:
-            images = corrupt_uint8(data.images[start:end].to(cfg.device), name, severity, g)
-        x = normalize(images.to(cfg.device), data.mean, data.std)
-        y = data.labels[start:end].to(cfg.device)
-        hits.append((model(x).argmax(1) == y).cpu().numpy())
-    return np.concatenate(hits)
+    g = torch.Generator().manual_seed(seed_for(cfg.seed, name, severity))
+
+    def batches():
+        for start in range(0, n, cfg.batch_size):
+            end = min(start + cfg.batch_size, n)
+            if released is not None:
+                images = released.images(name, severity, start, end).to(cfg.device)
+            else:
+                images = corrupt_uint8(data.images[start:end].to(cfg.device), name, severity, g)
+            yield normalize(images, data.mean, data.std), data.labels[start:end].to(cfg.device)
+
+    return correct(model, batches())
 
 
 @torch.no_grad()
@@ -169,7 +161,7 @@ def run(
     """
     if len(data) == 0:
         raise VitscopeError("corruption: no test images")
-    released = Released(cfg.source, data.labels, data.count(cfg.num_images)) if cfg.source else None
+    released = Released(cfg.source, data, data.count(cfg.num_images)) if cfg.source else None
     items: list[tuple[str | None, int]] = [(None, 0)]
     items += [(c, s) for c in cfg.corruptions for s in cfg.severities]
     with eval_mode(model):

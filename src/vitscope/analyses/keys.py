@@ -95,7 +95,22 @@ class HessianKeys:
     OPTIONAL = (DENSITY, TRACE, DENSITY_NODES, DENSITY_WEIGHTS)  # only when computed
 
 
+class CorruptionKeys:
+    """Keys of the ``corruption`` result."""
+
+    CORRUPTIONS = "corruptions"  # names, in row order
+    SEVERITIES = "severities"
+    CLEAN_ACC = "clean_acc"  # %
+    ACCURACY = "accuracy"  # [corruption][severity] accuracy (%)
+    MEAN_ACC = "mean_acc"  # the mean over every corruption and severity: the robustness (%)
+    ERRORS = "errors"  # per corruption: the error summed over severities (%, for mCE)
+    NUM_IMAGES = "num_images"
+    SOURCE = "source"  # "generated" or the folder of released arrays
+    CORRECT = "correct"  # array (1 + C * S, images) uint8: row 0 clean, row 1 + c S + s - 1
+
+
 __all__ = [
+    "CorruptionKeys",
     "FourierKeys",
     "VarianceKeys",
     "NoiseKeys",

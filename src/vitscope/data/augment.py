@@ -146,21 +146,23 @@ def rrc_boxes(
 
 
 def resized_crops(
-    x: torch.Tensor, boxes: torch.Tensor, size: tuple[int, int], mode: str = "bilinear"
+    x: torch.Tensor,
+    boxes: torch.Tensor,
+    size: tuple[int, int],
+    mode: str | Sequence[str] = "bilinear",
 ) -> torch.Tensor:
     """Each box ``(top, left, height, width)`` of ``x`` (B, C, H, W, float) cropped and then
-    resized to ``size`` (``mode``: bilinear or bicubic, ``align_corners=False``, antialiased
-    when it shrinks), image by image: torchvision's ``resized_crop`` on tensors, whose edges
-    repeat the crop's own border pixels."""
+    resized to ``size`` (``mode``: bilinear or bicubic, or one of them per image;
+    ``align_corners=False``, antialiased when it shrinks), image by image: torchvision's
+    ``resized_crop`` on tensors, whose edges repeat the crop's own border pixels."""
+    modes = [mode] * len(x) if isinstance(mode, str) else list(mode)
     out = []
-    for img, (t, l, h, w) in zip(x, boxes.tolist()):
+    for img, (t, l, h, w), m in zip(x, boxes.tolist(), modes):
         crop = img[None, :, t : t + h, l : l + w]
         if (h, w) == tuple(size):
             out.append(crop)
         else:
-            out.append(
-                F.interpolate(crop, size=size, mode=mode, align_corners=False, antialias=True)
-            )
+            out.append(F.interpolate(crop, size=size, mode=m, align_corners=False, antialias=True))
     return torch.cat(out)
 
 
@@ -175,16 +177,10 @@ def random_resized_crop(
     image with equal odds (timm's ``random``)."""
     B, _, H, W = x.shape
     boxes = rrc_boxes(B, H, W, scale, ratio)
-    f = x.float()
+    mode: str | list[str] = interpolation
     if interpolation == "random":
-        bicubic = (torch.rand(B) < 0.5).to(x.device).view(-1, 1, 1, 1)
-        out = torch.where(
-            bicubic,
-            resized_crops(f, boxes, (H, W), "bicubic"),
-            resized_crops(f, boxes, (H, W), "bilinear"),
-        )
-    else:
-        out = resized_crops(f, boxes, (H, W), interpolation)
+        mode = ["bicubic" if b else "bilinear" for b in (torch.rand(B) < 0.5).tolist()]
+    out = resized_crops(x.float(), boxes, (H, W), mode)
     return out.round_().clamp_(0, 255).to(torch.uint8)
 
 

@@ -80,6 +80,17 @@ def _ranks(a: np.ndarray) -> np.ndarray:
     return ranks
 
 
+def rank_correlation(label: str, x: Sequence[float], y: Sequence[float], context: str):
+    """Spearman's ρ of ``x`` and ``y`` across runs with its Fisher-z interval (n = runs) as a
+    :class:`Measure` whose claim is ρ > 0, or why it is undefined (a text)."""
+    if len(x) < MIN_OVERFIT_RUNS:
+        return f"{len(x)} run(s)"
+    if len(set(x)) < 2 or len(set(y)) < 2:
+        return "ρ undefined (constant values)"
+    est = spearman_interval(x, y, level=LEVEL, unit="runs")
+    return Measure(label, est, 0.0, "greater", "+.2f", context=context)
+
+
 def check_no_overfitting(runs: Sequence[StudyRun]) -> Finding:
     """Claim 8: lower training NLL goes with lower test error (Fig 1b): no overfitting."""
     claim = "ViT does not overfit: lower training NLL goes with lower test error"
@@ -97,21 +108,17 @@ def check_no_overfitting(runs: Sequence[StudyRun]) -> Finding:
         by_data.setdefault(p.run.dataset, []).append(p)
     out, skipped = [], []
     for dataset, ps in sorted(by_data.items()):
-        if len(ps) < MIN_OVERFIT_RUNS:
-            skipped.append(f"{dataset}: {len(ps)} run(s)")
-            continue
-        x, y = [p.train_nll for p in ps], [p.test_error for p in ps]
-        if len(set(x)) < 2 or len(set(y)) < 2:
-            skipped.append(f"{dataset}: ρ undefined (constant values)")
-            continue
-        est = spearman_interval(x, y, level=LEVEL, unit="runs")
         n_fb = sum(p.source == "metrics" for p in ps)
         fb = f"{n_fb} train NLL from metrics.jsonl; " if n_fb else ""
         pairs = ", ".join(f"{p.run.name} {p.train_nll:.3g}/{p.test_error:.1f}%" for p in ps)
-        out.append(
-            Measure(f"{dataset}: ρ(train NLL, test error)", est, 0.0, "greater", "+.2f",
-                    context=f"{fb}NLL/error: {pairs}")
+        got = rank_correlation(
+            f"{dataset}: ρ(train NLL, test error)", [p.train_nll for p in ps],
+            [p.test_error for p in ps], f"{fb}NLL/error: {pairs}",
         )  # fmt: skip
+        if isinstance(got, str):
+            skipped.append(f"{dataset}: {got}")
+        else:
+            out.append(got)
     why = ""
     if not out:
         why = (

@@ -42,22 +42,17 @@ def section_other(
         if labels:
             rows = [[r.label, *(num(r.results[name].summary.get(k)) for k in labels)] for r in have]
             out.append(Table(["Run", *labels], rows, id=slug(f"other_{name}_summary")))
-        declared = _declared(name)
-        table = declared.study_table() if declared is not None and have else None
-        made = table([r.results[name] for r in have]) if table is not None else None
-        if made:
-            out.append(Table(made[0], made[1], id=slug(f"other_{name}_table")))
         plots: list[Plot | Text] = []
-        draw = declared.compare_figure() if declared is not None and figs is not None else None
-        draw = draw if have else None
-        if draw is not None:
-            from ..compare import overlay
-
+        declared = _declared(name)
+        if declared is not None and have:
             results = [r.results[name] for r in have]
-            caption = f"{name}: every run ({len(have)}), the analysis' overlay."
-            fig = figs.add(f"{name}_overlay", lambda n=name, d=draw, rs=results: overlay(n, d, rs),
-                           caption)  # fmt: skip
-            plots.append(fig)
+            table = declared.study_table()
+            made = table(results) if table is not None else None
+            if made:
+                out.append(Table(made[0], made[1], id=slug(f"other_{name}_table")))
+            draw = declared.compare_figure()
+            if draw is not None and figs is not None:
+                plots.append(_overlay(figs, name, draw, results))
         plots += [p for r in first_seeds(have) for p in _saved_plots(r, name, out_dir)]
         out += gallery(plots)
     return out
@@ -68,6 +63,14 @@ def _declared(name: str):
     from ...analyses import analyses
 
     return analyses().get(name)
+
+
+def _overlay(figs: FigureWriter, name: str, draw, results) -> Plot | Text:
+    """The analysis' overlay of every run's result, as ``vitscope compare`` draws it."""
+    from ..compare import overlay
+
+    caption = f"{name}: every run ({len(results)}), the analysis' overlay."
+    return figs.add(f"{name}_overlay", lambda: overlay(name, draw, results), caption)
 
 
 def _saved_plots(run: StudyRun, name: str, out_dir: Path) -> list[Plot]:
