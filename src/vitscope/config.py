@@ -36,6 +36,14 @@ class DataConfig:
     subset_seed: int = 0  # seed of the class-balanced subset
     img_size: int | None = None  # resize images to this size (folder datasets); None = native
     download: bool = True  # download missing files into ~/.cache/vitscope
+    # image folders: memory | stream (decode in DataLoader workers) | auto (stream when the
+    # train split would exceed memory_limit_gb decoded)
+    loader: str = "auto"
+    memory_limit_gb: float = 8.0
+    workers: int | None = None  # DataLoader workers when streaming; None = cores - 1 (1..8)
+    decoder: str = "pil"  # image folders: pil | torchvision (the extra)
+    mean: list[float] | None = None  # per-channel mean of x / 255; None = the dataset's own
+    std: list[float] | None = None  # per-channel std; set both or neither
 
     def __post_init__(self) -> None:
         _check(
@@ -46,6 +54,34 @@ class DataConfig:
             self.img_size is None or self.img_size >= 8,
             f"data.img_size must be >= 8 or null, got {self.img_size!r}",
         )
+        _check(
+            self.loader in ("auto", "memory", "stream"),
+            f"data.loader must be auto, memory or stream, got {self.loader!r}",
+        )
+        _check(
+            self.decoder in ("pil", "torchvision"),
+            f"data.decoder must be pil or torchvision, got {self.decoder!r}",
+        )
+        _check(
+            isinstance(self.memory_limit_gb, (int, float)) and self.memory_limit_gb >= 0,
+            f"data.memory_limit_gb must be a number >= 0, got {self.memory_limit_gb!r}",
+        )
+        _check(
+            self.workers is None or self.workers >= 0,
+            f"data.workers must be >= 0 or null, got {self.workers!r}",
+        )
+        _check(
+            (self.mean is None) == (self.std is None),
+            "data.mean and data.std go together: set both or neither",
+        )
+        _check(
+            self.std is None or (len(self.std) > 0 and min(self.std) > 0),
+            f"data.std must hold values > 0, got {self.std!r}",
+        )
+
+    def stats(self) -> tuple | None:
+        """``(mean, std)`` from the config, or None for the dataset's own."""
+        return None if self.mean is None else (tuple(self.mean), tuple(self.std))
 
 
 INTERPOLATIONS = ("bilinear", "bicubic", "random")  # RandomResizedCrop; random: timm's

@@ -176,16 +176,19 @@ def _checkpoints(rd: RunDir, names: Sequence[str], checkpoint: str | None) -> di
 
 def train_data_of(cfg) -> TrainData:
     """The run's training subset with its training transform, as augmented batches."""
-    from .train.trainer import build_augment, load_data
+    from .data.stream import is_streamed
+    from .train.trainer import build_augment, cpu_crop, load_data
 
     train_set, _, _ = load_data(cfg)
+    streamed = is_streamed(train_set.images)
     return TrainData(
         train_set.images,
         train_set.labels,
-        build_augment(cfg, train_set.info),
+        build_augment(cfg, train_set.info, streamed=streamed),
         train_set.info.num_classes,
         cfg.train.weight_decay,
         to_dict(cfg.augment),
+        crop=cpu_crop(cfg) if streamed else None,
     )
 
 

@@ -17,6 +17,7 @@ import torch
 
 from .. import distributed as dist_utils
 from ..data.augment import normalize
+from ..data.stream import Crop, is_streamed, read_images, sample_seed
 from ..errors import VitscopeError
 from ..models import Block, blocks
 from ..results import Result, config_dict
@@ -44,7 +45,8 @@ def feature_units(model: torch.nn.Module, spec: Mapping | None = None) -> list[B
 
 @dataclass
 class EvalData:
-    """Test images an analysis streams over: uint8 ``(N, C, H, W)``, labels, normalisation."""
+    """Test images an analysis streams over: uint8 ``(N, C, H, W)`` (a tensor, or a lazy
+    ``FolderImages`` of a streamed folder, decoded batch by batch), labels, normalisation."""
 
     images: torch.Tensor
     labels: torch.Tensor
@@ -96,7 +98,8 @@ class EvalData:
         starts = range(0, n, batch_size)
         for s in dist_utils.shard(starts) if sharded else starts:
             e = min(s + batch_size, n)
-            x = normalize(self.images[s:e].to(device, non_blocking=True), self.mean, self.std)
+            batch = read_images(self.images[s:e])  # a streamed split decodes here
+            x = normalize(batch.to(device, non_blocking=True), self.mean, self.std)
             yield s, x, self.labels[s:e].to(device, non_blocking=True)
 
     def count(self, limit: int | None = None) -> int:
@@ -164,14 +167,18 @@ class TrainData:
         num_classes: number of classes.
         weight_decay: the run's weight decay (the L2 coefficient of NLL + L2).
         transform: a JSON description of the transform, stored with results.
+        crop: for a streamed folder (``images`` lazy), the worker side of the training
+            transform (:class:`~vitscope.data.stream.Crop`), drawn per image from ``(s, i)``;
+            ``augment`` then holds the rest, as in training.
     """
 
-    images: torch.Tensor
+    images: Any
     labels: torch.Tensor
     augment: Any
     num_classes: int
     weight_decay: float = 0.0
     transform: dict = field(default_factory=dict)
+    crop: Any = None
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -183,9 +190,14 @@ class TrainData:
         key = (seed * 1_000_003 + index) % 2**63
         g = torch.Generator().manual_seed(key)
         idx = torch.randperm(len(self), generator=g)[: min(batch_size, len(self))]
+        if is_streamed(self.images):
+            seeds = [sample_seed(key, 0, i) for i in idx.tolist()]
+            images = self.images[idx].read_train(seeds, self.crop or Crop(rrc=False, hflip=False))
+        else:
+            images = self.images[idx]
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(key)
-            x, t = self.augment(self.images[idx], self.labels[idx])
+            x, t = self.augment(images, self.labels[idx])
         return x.to(device), t.to(device)
 
 

@@ -30,6 +30,7 @@ import torch
 
 from ..data.augment import normalize
 from ..data.corruptions import CORRUPTIONS, SEVERITIES, check, corrupt_uint8, seed_for
+from ..data.stream import read_images
 from ..errors import ConfigError, VitscopeError
 from ..results import Result, config_dict
 from .base import EvalData, correct, eval_mode
@@ -138,7 +139,8 @@ def corrupted_correct(
             if released is not None:
                 images = released.images(name, severity, start, end).to(cfg.device)
             else:
-                images = corrupt_uint8(data.images[start:end].to(cfg.device), name, severity, g)
+                clean = read_images(data.images[start:end]).to(cfg.device)
+                images = corrupt_uint8(clean, name, severity, g)
             yield normalize(images, data.mean, data.std), data.labels[start:end].to(cfg.device)
 
     return correct(model, batches())

@@ -113,36 +113,70 @@ def random_crop(x: torch.Tensor, padding: int) -> torch.Tensor:
 
 
 def rrc_boxes(
-    n: int, h: int, w: int, scale: tuple[float, float], ratio: tuple[float, float]
+    n: int,
+    h: int,
+    w: int,
+    scale: tuple[float, float],
+    ratio: tuple[float, float],
+    generator: torch.Generator | None = None,
 ) -> torch.Tensor:
     """``(n, 4)`` crop boxes ``(top, left, height, width)`` of torchvision's
     ``RandomResizedCrop.get_params``, per image: up to 10 tries of an area share uniform in
     ``scale`` and an aspect ratio log-uniform in ``ratio`` that fit the image; else the
     central crop of the largest box whose ratio is clamped into ``ratio``. Offsets uniform.
-    Random numbers from torch's global generator."""
-    area = h * w * (scale[0] + (scale[1] - scale[0]) * torch.rand(n, 10, dtype=torch.float64))
+    Random numbers from ``generator``, else torch's global generator."""
+    g = generator
+    u_area = torch.rand(n, 10, dtype=torch.float64, generator=g)
+    u_ratio = torch.rand(n, 10, dtype=torch.float64, generator=g)
+    u_offset = torch.rand(n, 2, dtype=torch.float64, generator=g)
+    return rrc_boxes_from(h, w, scale, ratio, u_area, u_ratio, u_offset)
+
+
+def rrc_boxes_from(h, w, scale, ratio, u_area, u_ratio, u_offset) -> torch.Tensor:
+    """:func:`rrc_boxes` from its uniforms: ``(n, 10)`` area and ratio draws, ``(n, 2)``
+    offsets."""
+    n = len(u_area)
+    area = h * w * (scale[0] + (scale[1] - scale[0]) * u_area)
     lo, hi = math.log(ratio[0]), math.log(ratio[1])
-    aspect = torch.exp(lo + (hi - lo) * torch.rand(n, 10, dtype=torch.float64))
+    aspect = torch.exp(lo + (hi - lo) * u_ratio)
     cw = torch.round(torch.sqrt(area * aspect))
     ch = torch.round(torch.sqrt(area / aspect))
     fits = (cw > 0) & (cw <= w) & (ch > 0) & (ch <= h)
     first = fits.double().argmax(1)  # the first try that fits (0 if none does)
     rows = torch.arange(n)
     ch, cw, ok = ch[rows, first], cw[rows, first], fits[rows, first]
-    # the fallback: torchvision's central crop
-    in_ratio = w / h
-    if in_ratio < ratio[0]:
-        fh, fw = round(w / ratio[0]), w
-    elif in_ratio > ratio[1]:
-        fh, fw = h, round(h * ratio[1])
-    else:
-        fh, fw = h, w
+    fh, fw = _rrc_fallback(h, w, ratio)
     ch = torch.where(ok, ch, torch.full_like(ch, fh))
     cw = torch.where(ok, cw, torch.full_like(cw, fw))
-    u = torch.rand(n, 2, dtype=torch.float64)
+    u = u_offset
     top = torch.where(ok, torch.floor(u[:, 0] * (h - ch + 1)), torch.full_like(ch, (h - fh) // 2))
     left = torch.where(ok, torch.floor(u[:, 1] * (w - cw + 1)), torch.full_like(cw, (w - fw) // 2))
     return torch.stack([top, left, ch, cw], 1).long()
+
+
+def _rrc_fallback(h: int, w: int, ratio) -> tuple[int, int]:
+    """torchvision's central crop when no try fits: the image, its ratio clamped into ``ratio``."""
+    in_ratio = w / h
+    if in_ratio < ratio[0]:
+        return round(w / ratio[0]), w
+    if in_ratio > ratio[1]:
+        return h, round(h * ratio[1])
+    return h, w
+
+
+def rrc_box(h: int, w: int, scale, ratio, u: Sequence[float]) -> tuple[int, int, int, int]:
+    """One box of :func:`rrc_boxes_from` in plain Python (for one image in a DataLoader
+    worker, where a dozen tiny tensor ops would cost more than the resize): ``u`` holds the
+    22 uniforms, 10 area draws, 10 ratio draws and 2 offsets."""
+    lo, hi = math.log(ratio[0]), math.log(ratio[1])
+    for k in range(10):
+        area = h * w * (scale[0] + (scale[1] - scale[0]) * u[k])
+        aspect = math.exp(lo + (hi - lo) * u[10 + k])
+        cw, ch = round(math.sqrt(area * aspect)), round(math.sqrt(area / aspect))
+        if 0 < cw <= w and 0 < ch <= h:
+            return math.floor(u[20] * (h - ch + 1)), math.floor(u[21] * (w - cw + 1)), ch, cw
+    fh, fw = _rrc_fallback(h, w, ratio)
+    return (h - fh) // 2, (w - fw) // 2, fh, fw
 
 
 def resized_crops(

@@ -22,6 +22,8 @@ message naming the file and the fix.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 import os
 import pickle
@@ -31,7 +33,6 @@ import tarfile
 import tempfile
 import zlib
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -39,9 +40,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..errors import ConfigError, DatasetError
+from ..errors import ConfigError, DatasetError, VitscopeError
+from ..io import atomic_write_json
 from ..registry import Registry
 from .download import _oneline, download_url
+from .stream import LOADERS, FolderImages, resolve_decoder
+
+MEMORY_LIMIT_GB = 8.0  # data.memory_limit_gb: a folder whose train split is larger streams
 
 
 @dataclass(frozen=True)
@@ -102,6 +107,8 @@ class DatasetSource:
 
     info: Callable[..., DatasetInfo]  # (root, img_size) -> DatasetInfo
     load: Callable[..., ImageData]  # (train, root, download, img_size) -> ImageData
+    # load and info also take loader, memory_limit_gb, decoder and stats (folder datasets)
+    streams: bool = False
 
 
 DATASETS: Registry[DatasetSource] = Registry("dataset")
@@ -112,13 +119,37 @@ def list_datasets() -> list[str]:
     return DATASETS.names()
 
 
-def dataset_info(name: str, root: str | None = None, *, img_size: int | None = None) -> DatasetInfo:
+def dataset_info(
+    name: str,
+    root: str | None = None,
+    *,
+    img_size: int | None = None,
+    decoder: str = "pil",
+    stats: tuple | None = None,
+) -> DatasetInfo:
     """The :class:`DatasetInfo` of ``name``, without loading images where possible.
 
     Built-in datasets answer from constants. ``folder`` reads its classes from ``root/train``
-    and computes mean/std from the train split once per process (cached for the loaders).
+    and computes mean/std from the train split in one streaming pass, once per process (and
+    once per machine for folders too large for memory: kept under ``$VITSCOPE_CACHE``);
+    ``stats`` (``(mean, std)``) replaces them.
     """
-    return DATASETS.get(name).info(root=_abs(root), img_size=_check_img_size(img_size))
+    src = DATASETS.get(name)
+    kw = dict(root=_abs(root), img_size=_check_img_size(img_size))
+    if src.streams:
+        return src.info(**kw, decoder=decoder, stats=stats)
+    info = src.info(**kw)
+    return info if stats is None else _with_stats(info, stats)
+
+
+def _with_stats(info: DatasetInfo, stats: tuple) -> DatasetInfo:
+    mean, std = (tuple(float(v) for v in s) for s in stats)
+    if len(mean) != info.in_chans or len(std) != info.in_chans or min(std) <= 0:
+        raise ConfigError(
+            f"data.mean and data.std need {info.in_chans} value(s) each for {info.name} "
+            f"(std > 0), got {list(mean)} and {list(std)}"
+        )
+    return replace(info, mean=mean, std=std)
 
 
 def load_dataset(
@@ -128,8 +159,12 @@ def load_dataset(
     root: str | None = None,
     download: bool = True,
     img_size: int | None = None,
+    loader: str = "auto",
+    memory_limit_gb: float = MEMORY_LIMIT_GB,
+    decoder: str = "pil",
+    stats: tuple | None = None,
 ) -> ImageData:
-    """Load one split of a registered dataset into memory.
+    """Load one split of a registered dataset (into memory, or lazily for large folders).
 
     Args:
         name: a name from :func:`list_datasets`.
@@ -139,9 +174,14 @@ def load_dataset(
         download: fetch missing files; if false, a missing dataset raises.
         img_size: square size to resize to; ``None`` keeps the native size (28 for
             Fashion-MNIST, 32 for CIFAR) and means 32 for ``folder``.
+        loader: ``memory``, ``stream`` (image folders: file names only, decoded when read)
+            or ``auto`` (stream a folder whose train split exceeds ``memory_limit_gb``).
+        decoder: ``pil`` or ``torchvision`` (image folders).
+        stats: ``(mean, std)`` per channel to use instead of the dataset's own.
 
     Returns:
-        An :class:`ImageData` with uint8 images and int64 labels.
+        An :class:`ImageData` with int64 labels and uint8 images, or a lazy
+        :class:`~vitscope.data.stream.FolderImages` in their place when streamed.
 
     Raises:
         DatasetError: files missing (with ``download=False``), truncated, corrupt, or not
@@ -150,7 +190,20 @@ def load_dataset(
     """
     src = DATASETS.get(name)
     size = _check_img_size(img_size)
-    return src.load(train=train, root=_abs(root), download=download, img_size=size)
+    kw = dict(train=train, root=_abs(root), download=download, img_size=size)
+    if src.streams:
+        return src.load(**kw, loader=loader, memory_limit_gb=memory_limit_gb, decoder=decoder,
+                        stats=stats)  # fmt: skip
+    if loader not in LOADERS:
+        raise ConfigError(f"data.loader must be one of {', '.join(LOADERS)}, got {loader!r}")
+    if loader == "stream":
+        raise ConfigError(
+            f"data.loader=stream is for image folders; {name} is held in memory "
+            "(use data.loader=auto or memory)"
+        )
+    data = src.load(**kw)
+    return data if stats is None else ImageData(data.images, data.labels,
+                                                _with_stats(data.info, stats))  # fmt: skip
 
 
 def cache_dir() -> Path:
@@ -643,7 +696,7 @@ for _name in CIFAR:
 
 FOLDER_IMG_SIZE = 32  # default: the size the paper's CIFAR models (patch 2, window 4) are built for
 IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
-_FOLDER_STATS: dict[tuple[str, int], tuple[tuple[float, ...], tuple[float, ...]]] = {}
+_FOLDER_STATS: dict[tuple[str, int, str], tuple[tuple[float, ...], tuple[float, ...]]] = {}
 
 
 def _folder_root(root: str | None) -> Path:
@@ -671,93 +724,93 @@ def _split_dir(root: Path, train: bool) -> Path:
     )
 
 
-def _scan(split: Path) -> dict[str, list[Path]]:
-    """Class name -> sorted image paths, for every subfolder of ``split``."""
+def _scan(split: Path) -> dict[str, list[str]]:
+    """Class name -> sorted image file names, for every subfolder of ``split``
+    (``os.scandir``: one directory read per class, no stat per file)."""
     out = {}
-    for d in sorted(p for p in split.iterdir() if p.is_dir() and not p.name.startswith(".")):
-        files = sorted(f for f in d.iterdir() if f.suffix.lower() in IMG_EXTENSIONS and f.is_file())
-        if not files:
-            raise DatasetError(
-                f"{d} holds no images ({', '.join(IMG_EXTENSIONS)}); add some or remove the folder"
+    try:
+        dirs = sorted(e.name for e in os.scandir(split) if e.is_dir() and e.name[0] != ".")
+        for name in dirs:
+            files = sorted(
+                e.name
+                for e in os.scandir(split / name)
+                if os.path.splitext(e.name)[1].lower() in IMG_EXTENSIONS and e.is_file()
             )
-        out[d.name] = files
+            if not files:
+                raise DatasetError(
+                    f"{split / name} holds no images ({', '.join(IMG_EXTENSIONS)}); "
+                    "add some or remove the folder"
+                )
+            out[name] = files
+    except OSError as e:
+        raise DatasetError(f"cannot list {split}: {_oneline(e.strerror or e)}") from None
     if not out:
         raise DatasetError(f"{split} has no class folders; expected {split}/<class>/*.jpg")
     return out
 
 
-def _read_image(path: Path, size: int) -> np.ndarray:
-    """RGB uint8 ``(size, size, 3)``: shorter side resized to ``size``, then centre-cropped."""
-    from PIL import Image
-
-    try:
-        with Image.open(path) as im:
-            im = im.convert("RGB")
-            w, h = im.size
-            s = size / min(w, h)
-            nw, nh = max(size, round(w * s)), max(size, round(h * s))
-            # Bicubic with PIL's support scaled to the reduction factor, i.e. antialiased.
-            im = im.resize((nw, nh), Image.Resampling.BICUBIC)
-            left, top = (nw - size) // 2, (nh - size) // 2
-            im = im.crop((left, top, left + size, top + size))
-            return np.asarray(im, dtype=np.uint8)
-    except Exception as e:  # PIL raises OSError, ValueError, DecompressionBombError, ...
-        raise DatasetError(f"cannot read image {path} ({_oneline(e)}); fix or remove it") from None
-
-
-def _load_images(paths: list[Path], size: int) -> torch.Tensor:
-    # PIL releases the GIL while decoding and resizing, so threads give a real speed-up.
-    with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
-        arrays = list(pool.map(lambda p: _read_image(p, size), paths))
-    return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
-
-
 class ChannelStats:
     """Per-channel mean and (unbiased) std of ``x / 255`` over uint8 batches ``(B, C, H, W)``
-    fed one at a time: integer sums of the values and their squares, exact at any size
-    (Python ints), and no copy of a whole split (the float64 copy this replaces was 8x the
-    images' bytes)."""
+    fed one at a time: a 256-bin histogram per channel (``torch.bincount``), from which the
+    sums of the values and their squares are exact integers at any size (Python ints), and
+    no copy of a whole split (the float64 copy this replaces was 8x the images' bytes)."""
 
-    CHUNK = 64  # images per int32 square: 64 x 3 x 224 x 224 x 4 B = 38 MB
+    CHUNK = 256  # images per bincount: its input is one channel's copy (256 x 224 x 224 B)
 
     def __init__(self) -> None:
         self.n = 0
-        self.sums: list[int] = []
-        self.squares: list[int] = []
+        self.counts: torch.Tensor | None = None  # (C, 256) int64
+
+    @property
+    def sums(self) -> list[int]:
+        return [sum(v * c for v, c in enumerate(row)) for row in self._rows()]
+
+    @property
+    def squares(self) -> list[int]:
+        return [sum(v * v * c for v, c in enumerate(row)) for row in self._rows()]
+
+    def _rows(self) -> list[list[int]]:
+        return [] if self.counts is None else self.counts.tolist()
 
     def update(self, batch: torch.Tensor) -> None:
         if batch.dtype != torch.uint8 or batch.ndim != 4:
             raise DatasetError(f"channel statistics need uint8 (B, C, H, W), got {batch.dtype}")
         c = batch.shape[1]
-        if not self.sums:
-            self.sums, self.squares = [0] * c, [0] * c
-        elif len(self.sums) != c:
-            raise DatasetError(f"channel statistics: {c} channels after {len(self.sums)}")
+        if self.counts is None:
+            self.counts = torch.zeros(c, 256, dtype=torch.int64)
+        elif len(self.counts) != c:
+            raise DatasetError(f"channel statistics: {c} channels after {len(self.counts)}")
         for k in range(0, len(batch), self.CHUNK):
-            part = batch[k : k + self.CHUNK]
-            wide = part.to(torch.int32)
-            s = part.sum(dim=(0, 2, 3), dtype=torch.int64).tolist()
-            q = (wide * wide).sum(dim=(0, 2, 3), dtype=torch.int64).tolist()
-            self.sums = [a + b for a, b in zip(self.sums, s)]
-            self.squares = [a + b for a, b in zip(self.squares, q)]
+            part = batch[k : k + self.CHUNK].cpu()
+            for ch in range(c):
+                self.counts[ch] += torch.bincount(part[:, ch].reshape(-1), minlength=256)
         self.n += batch.shape[0] * batch.shape[2] * batch.shape[3]
 
     def result(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
         """``(mean, std)`` per channel, rounded to 6 decimals."""
         if self.n < 2:
             raise DatasetError("channel statistics need at least two pixels")
-        mean = [s / (255 * self.n) for s in self.sums]
+        sums, squares = self.sums, self.squares
+        mean = [s / (255 * self.n) for s in sums]
         # (Q - S^2 / n) / (n - 1), exact in integers up to the final division
         var = [(self.n * q - s * s) / (self.n * (self.n - 1)) / 255**2
-               for s, q in zip(self.sums, self.squares)]  # fmt: skip
+               for s, q in zip(sums, squares)]  # fmt: skip
         return tuple(round(m, 6) for m in mean), tuple(round(math.sqrt(v), 6) for v in var)
 
 
-def _channel_stats(images: torch.Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """Per-channel mean and std of ``images / 255`` (:class:`ChannelStats`, one pass)."""
+def _channel_stats(images) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel mean and std of ``images / 255`` (:class:`ChannelStats`, one pass): a uint8
+    tensor, or a lazy :class:`~vitscope.data.stream.FolderImages` decoded chunk by chunk."""
     stats = ChannelStats()
-    stats.update(images)  # it works through the split in chunks of ChannelStats.CHUNK
+    if isinstance(images, FolderImages):
+        for start in range(0, len(images), STATS_CHUNK):
+            stats.update(images[start : start + STATS_CHUNK].read())
+    else:
+        stats.update(images)  # it works through the split in chunks of ChannelStats.CHUNK
     return stats.result()
+
+
+STATS_CHUNK = 256  # images decoded at once by the streaming statistics pass
 
 
 def _folder_info(root: Path, classes: Sequence[str], size: int, stats) -> DatasetInfo:
@@ -765,7 +818,8 @@ def _folder_info(root: Path, classes: Sequence[str], size: int, stats) -> Datase
     return DatasetInfo("folder", len(classes), 3, size, mean, std, tuple(classes))
 
 
-def _load_folder_split(root: Path, train: bool, size: int) -> ImageData:
+def _folder_split(root: Path, train: bool, size: int, decoder: str):
+    """``(lazy images, labels, classes)`` of one split: file names only, nothing decoded."""
     train_classes = _scan(root / "train")
     split_dir = _split_dir(root, train)
     by_class = train_classes if train else _scan(split_dir)
@@ -775,40 +829,108 @@ def _load_folder_split(root: Path, train: bool, size: int) -> ImageData:
         raise DatasetError(
             f"{split_dir} has class folders not in {root / 'train'}: {', '.join(unknown)}"
         )
-    paths, labels = [], []
+    names, labels = [], []
     for c, files in by_class.items():
-        paths += files
+        names += [os.fsencode(os.path.join(c, f)) for f in files]
         labels += [classes.index(c)] * len(files)
-    images = _load_images(paths, size)
-    key = (str(root.resolve()), size)
-    if train:
-        _FOLDER_STATS[key] = _channel_stats(images)
-    elif key not in _FOLDER_STATS:
-        _FOLDER_STATS[key] = _channel_stats(_load_folder_split(root, True, size).images)
-    info = _folder_info(root, classes, size, _FOLDER_STATS[key])
-    return ImageData(images, torch.tensor(labels, dtype=torch.int64), info)
+    images = FolderImages(str(split_dir), np.array(names, dtype=bytes), size, decoder)
+    return images, torch.tensor(labels, dtype=torch.int64), classes
+
+
+def _stats_file(root: Path, size: int, decoder: str, images: FolderImages) -> Path:
+    """Where the statistics of a streamed train split are kept between processes: keyed by
+    the folder, the size, the decoder and the list of file names."""
+    h = hashlib.sha256(f"{root.resolve()}|{size}|{decoder}|".encode())
+    h.update(b"\0".join(images.names.tolist()))
+    return cache_dir() / "folder-stats" / f"{h.hexdigest()[:24]}.json"
+
+
+def _folder_stats(root: Path, size: int, decoder: str, images=None, streamed: bool = True):
+    """Mean/std of the train split at ``size``: from this process' cache, the on-disk cache
+    (streamed splits), or one pass over the images."""
+    key = (str(root.resolve()), size, decoder)
+    if key in _FOLDER_STATS:
+        return _FOLDER_STATS[key]
+    if images is None:
+        images = _folder_split(root, True, size, decoder)[0]
+    path = _stats_file(root, size, decoder, images) if streamed else None
+    if path is not None and path.is_file():
+        try:
+            d = json.loads(path.read_text())
+            _FOLDER_STATS[key] = (tuple(d["mean"]), tuple(d["std"]))
+            return _FOLDER_STATS[key]
+        except (OSError, ValueError, KeyError, TypeError):
+            pass  # unreadable: computed again and rewritten
+    _FOLDER_STATS[key] = _channel_stats(images)
+    if path is not None:
+        mean, std = _FOLDER_STATS[key]
+        try:
+            atomic_write_json(path, {"root": key[0], "size": size, "decoder": decoder,
+                                     "images": len(images), "mean": mean, "std": std})  # fmt: skip
+        except (OSError, VitscopeError):
+            pass  # a read-only cache costs one more pass next time, nothing else
+    return _FOLDER_STATS[key]
+
+
+def folder_bytes(n: int, size: int) -> int:
+    """Bytes an in-memory folder split of ``n`` images at ``size`` holds (uint8, 3 channels)."""
+    return n * 3 * size * size
 
 
 def _load_folder(
-    *, train: bool, root: str | None, download: bool, img_size: int | None
+    *,
+    train: bool,
+    root: str | None,
+    download: bool,
+    img_size: int | None,
+    loader: str = "auto",
+    memory_limit_gb: float = MEMORY_LIMIT_GB,
+    decoder: str = "pil",
+    stats: tuple | None = None,
 ) -> ImageData:
-    """Load ``root/train`` or ``root/val`` (or ``test``) as one uint8 tensor.
+    """``root/train`` or ``root/val`` (or ``test``): in memory as one uint8 tensor, or streamed.
 
     Images are converted to RGB, their shorter side resized to ``img_size`` (bicubic,
     antialiased) and centre-cropped. The default 32 is the input the paper's CIFAR models
     (patch 2, AlterNet window 4) are built for and keeps a set in memory at 3 KB per image;
-    pass 224 for ImageNet-style models (150 KB per image). Mean and std are computed from the
-    train split at that size (not ImageNet's constants), so val/test use train statistics.
+    pass 224 for ImageNet-style models (150 KB per image). ``loader`` ``memory`` decodes the
+    split into memory, ``stream`` keeps file names (:class:`FolderImages`), ``auto`` streams
+    when the train split would take more than ``memory_limit_gb`` GB in memory. Mean and std
+    are ``stats`` if given (e.g. ImageNet's), else computed from the train split at that size
+    (not ImageNet's constants), so val/test use train statistics.
     """
-    return _load_folder_split(_folder_root(root), train, img_size or FOLDER_IMG_SIZE)
-
-
-def _folder_dataset_info(root: str | None, img_size: int | None) -> DatasetInfo:
     r, size = _folder_root(root), img_size or FOLDER_IMG_SIZE
-    key = (str(r.resolve()), size)
-    if key not in _FOLDER_STATS:
-        _load_folder_split(r, True, size)
-    return _folder_info(r, list(_scan(r / "train")), size, _FOLDER_STATS[key])
+    dec = resolve_decoder(decoder)
+    images, labels, classes = _folder_split(r, train, size, dec)
+    stream = _streams(r, size, dec, loader, memory_limit_gb, images if train else None)
+    if not stream:
+        images = images.read()
+    if stats is None:
+        stats = _folder_stats(r, size, dec, images if train else None, streamed=stream)
+    return ImageData(images, labels, _folder_info(r, classes, size, stats))
 
 
-DATASETS.add("folder", DatasetSource(info=_folder_dataset_info, load=_load_folder))
+def _streams(root: Path, size: int, decoder: str, loader: str, limit_gb: float, train_images):
+    """Whether the folder streams: ``loader``, or for ``auto`` the train split's size."""
+    if loader not in LOADERS:
+        raise ConfigError(f"data.loader must be one of {', '.join(LOADERS)}, got {loader!r}")
+    if loader != "auto":
+        return loader == "stream"
+    if train_images is None:
+        train_images = _folder_split(root, True, size, decoder)[0]
+    return folder_bytes(len(train_images), size) > limit_gb * 2**30
+
+
+def _folder_dataset_info(
+    root: str | None, img_size: int | None, decoder: str = "pil", stats: tuple | None = None
+) -> DatasetInfo:
+    r, size = _folder_root(root), img_size or FOLDER_IMG_SIZE
+    dec = resolve_decoder(decoder)
+    images, _, classes = _folder_split(r, True, size, dec)
+    if stats is None:
+        big = folder_bytes(len(images), size) > MEMORY_LIMIT_GB * 2**30
+        stats = _folder_stats(r, size, dec, images, streamed=big)
+    return _folder_info(r, classes, size, stats)
+
+
+DATASETS.add("folder", DatasetSource(info=_folder_dataset_info, load=_load_folder, streams=True))

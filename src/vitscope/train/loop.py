@@ -1,7 +1,9 @@
 """One epoch of training and one pass of evaluation: short functions, no file I/O.
 
 Data is held as one uint8 tensor on the training device (cifar10-airbench style); batches
-are index slices of it, augmented on the device as whole batches.
+are index slices of it, augmented on the device as whole batches. A streamed split (an image
+folder too large for memory) comes from DataLoader workers instead, in the same global
+batches (:mod:`vitscope.data.stream`).
 
 Under torchrun every rank holds the whole data set and draws the same epoch permutation;
 rank ``r`` trains on the ``r``-th contiguous slice of each global batch and DDP averages the
@@ -24,6 +26,7 @@ import torch.nn.functional as F
 from .. import distributed
 from ..config import TrainConfig
 from ..data.augment import normalize, soft_cross_entropy
+from ..data.stream import read_images
 from ..errors import VitscopeError
 from .metrics import classification_metrics
 
@@ -78,9 +81,24 @@ def autocast(device: torch.device, amp: str):
     return nullcontext()
 
 
+def memory_batches(
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    batches: Iterator[torch.Tensor],
+    *,
+    world: int = 1,
+    rank: int = 0,
+) -> Iterator[tuple[int, torch.Tensor, torch.Tensor]]:
+    """``(global batch size, uint8 images, labels)`` of this rank's slice of each global batch,
+    sliced from the split held on the device."""
+    for batch in batches:
+        idx = batch.tensor_split(world)[rank].to(images.device, non_blocking=True)
+        yield len(batch), images[idx], labels[idx]
+
+
 def train_one_epoch(
     model: nn.Module,
-    images: torch.Tensor,
+    images: torch.Tensor | None,
     labels: torch.Tensor,
     *,
     augment: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]],
@@ -90,11 +108,15 @@ def train_one_epoch(
     generator: torch.Generator,
     forward: Callable[[torch.Tensor], torch.Tensor] | None = None,
     progress: Callable[[int, float], None] | None = None,
+    loader: Callable[[list[torch.Tensor]], Iterator] | None = None,
 ) -> dict:
     """Train ``model`` for one epoch over ``images`` (uint8, on the device).
 
     ``cfg.batch_size`` is the global batch; under torchrun this rank trains on its slice of
     it (``forward`` is then the DDP-wrapped model) and every returned number is global.
+    ``loader(global batches)``, when given, yields this rank's ``(global size, uint8 images,
+    labels)`` for each of the epoch's global index batches in place of slicing ``images``
+    (a streamed split: :func:`vitscope.data.stream.train_batches`).
 
     Returns ``train_loss`` (the objective: soft-target CE with mixing and smoothing),
     ``train_nll`` (CE against the un-mixed labels on the same augmented batch),
@@ -106,26 +128,28 @@ def train_one_epoch(
     world, rank = distributed.world_size(), distributed.rank()
     n = len(labels)
     steps = math.ceil(n / cfg.batch_size)
-    device = images.device
+    device = labels.device if images is None else images.device
     sums = torch.zeros(4, dtype=torch.float64, device=device)  # loss, nll, correct, images
     batches = batch_indices(n, cfg.batch_size, generator=generator, min_size=2 * world)
+    if loader is not None:
+        steps_in = loader(list(batches))
+    else:
+        steps_in = memory_batches(images, labels, batches, world=world, rank=rank)
     t0 = time.perf_counter()
-    for step, batch in enumerate(batches):
-        idx = batch.tensor_split(world)[rank].to(device, non_blocking=True)
+    for step, (global_size, x_u8, y) in enumerate(steps_in):
         lr = lr_at(cfg, epoch, step, steps)
         for group in optimizer.param_groups:
             group["lr"] = lr
-        y = labels[idx]
-        x, target = augment(images[idx], y)
+        x, target = augment(x_u8, y)
         if cfg.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         with autocast(device, cfg.amp):
             logits = forward(x)
         logits = logits.float()
         loss = soft_cross_entropy(logits, target)  # mean over this rank's images
-        b = len(idx)
+        b = len(y)
         # the global batch's mean loss; NaN on one rank makes it NaN on all
-        global_loss = float(distributed.all_reduce_sum(loss.detach().double() * b)) / len(batch)
+        global_loss = float(distributed.all_reduce_sum(loss.detach().double() * b)) / global_size
         if not math.isfinite(global_loss):
             raise NonFiniteLossError(
                 f"training loss became {global_loss} at epoch {epoch + 1} step {step + 1} "
@@ -134,7 +158,7 @@ def train_one_epoch(
         optimizer.zero_grad(set_to_none=True)
         # DDP averages gradients over ranks; a ragged last batch gives ranks unequal shares,
         # so weight each rank's mean by its share to get the global batch's mean gradient
-        weight = b * world / len(batch)
+        weight = b * world / global_size
         (loss * weight if weight != 1 else loss).backward()
         if cfg.grad_clip is not None:
             nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
@@ -144,7 +168,7 @@ def train_one_epoch(
             correct = (logits.argmax(1) == y).sum()
             sums += torch.stack([loss.detach() * b, nll, correct.float(), nll.new_tensor(b)])
         if progress is not None:
-            progress(len(batch), global_loss)
+            progress(global_size, global_loss)
     loss_sum, nll_sum, correct, seen = distributed.all_reduce_sum(sums).tolist()
     seconds = time.perf_counter() - t0
     return {
@@ -175,9 +199,8 @@ def predict(
     out = []
     try:
         for start in range(0, len(images), batch_size):
-            x = normalize(
-                images[start : start + batch_size].to(device, non_blocking=True), mean, std
-            )
+            batch = read_images(images[start : start + batch_size])
+            x = normalize(batch.to(device, non_blocking=True), mean, std)
             if channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             with autocast(device, amp):

@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 from .. import distributed
 from ..config import RunConfig, TrainConfig, dump_yaml, from_dict, load_yaml, to_dict
 from ..data import BatchAugment, ImageData, balanced_subset, load_dataset
+from ..data.stream import Crop, is_streamed, train_batches
 from ..errors import VitscopeError
 from ..io import (
     RunDir,
@@ -54,9 +55,20 @@ def seed_everything(seed: int) -> None:
 
 
 def load_split(cfg: RunConfig, *, train: bool) -> ImageData:
-    """One split of the configured dataset (the full split, before any subsetting)."""
-    kw = dict(root=cfg.data.root, download=cfg.data.download, img_size=cfg.data.img_size)
-    return load_dataset(cfg.data.name, train=train, **kw)
+    """One split of the configured dataset (the full split, before any subsetting); an image
+    folder too large for memory (``data.loader``) comes back lazy (``FolderImages``)."""
+    d = cfg.data
+    return load_dataset(
+        d.name,
+        train=train,
+        root=d.root,
+        download=d.download,
+        img_size=d.img_size,
+        loader=d.loader,
+        memory_limit_gb=d.memory_limit_gb,
+        decoder=d.decoder,
+        stats=d.stats(),
+    )
 
 
 def load_data(cfg: RunConfig) -> tuple[ImageData, ImageData, torch.Tensor | None]:
@@ -98,18 +110,20 @@ def build_optimizer(cfg: RunConfig, model: nn.Module) -> torch.optim.Optimizer:
     return torch.optim.AdamW(model.parameters(), lr=t.lr, weight_decay=t.weight_decay)
 
 
-def build_augment(cfg: RunConfig, info) -> BatchAugment:
+def build_augment(cfg: RunConfig, info, *, streamed: bool = False) -> BatchAugment:
+    """The run's batch augmentation. For a ``streamed`` split the crop and the flip happen in
+    the DataLoader workers (:func:`cpu_crop`), so the batch side leaves them out."""
     a = cfg.augment
     return BatchAugment(
         mean=info.mean,
         std=info.std,
         num_classes=info.num_classes,
         crop_padding=a.crop_padding,
-        rrc=a.rrc,
+        rrc=a.rrc and not streamed,
         rrc_scale=a.rrc_scale,
         rrc_ratio=a.rrc_ratio,
         interpolation=a.interpolation,
-        hflip=a.hflip,
+        hflip=a.hflip and not streamed,
         randaugment=a.randaugment,
         ra_n=a.ra_n,
         ra_m=a.ra_m,
@@ -122,6 +136,12 @@ def build_augment(cfg: RunConfig, info) -> BatchAugment:
     )
 
 
+def cpu_crop(cfg: RunConfig) -> Crop:
+    """The worker side of a streamed split's training transform (RandomResizedCrop + flip)."""
+    a = cfg.augment
+    return Crop(a.rrc, tuple(a.rrc_scale), tuple(a.rrc_ratio), a.interpolation, a.hflip)
+
+
 def read_config(run_dir: str | Path) -> RunConfig:
     """The resolved config saved in a run directory."""
     rd = RunDir.existing(run_dir)
@@ -132,6 +152,7 @@ def _identity(cfg: RunConfig) -> dict:
     """The parts of a config that define a run (not how it is displayed)."""
     d = to_dict(cfg)
     d["train"].pop("progress")
+    d["data"].pop("workers")  # the crops are seeded per image: any number of workers
     return d
 
 
@@ -300,7 +321,7 @@ def _build(cfg: RunConfig, device: torch.device) -> tuple:
     if t.channels_last:  # only 4-D tensors change layout: a ViT's patch embedding, say
         model = model.to(memory_format=torch.channels_last)
     optimizer = build_optimizer(cfg, model)
-    augment = build_augment(cfg, train_set.info)
+    augment = build_augment(cfg, train_set.info, streamed=is_streamed(train_set.images))
     if distributed.rank() > 0:  # every rank its own augmentation; rank 0 as one process
         seed_everything(_rank_seed(t.seed, distributed.rank()))
     return train_set, test_set, indices, model, optimizer, augment
@@ -324,13 +345,40 @@ def _start(rd: RunDir, cfg: RunConfig, model, optimizer, indices, resuming: bool
     return start_epoch, best, elapsed, rows
 
 
-def _on_device(train_set, test_set, device: torch.device) -> dict[str, torch.Tensor]:
+def _on_device(train_set, test_set, device: torch.device) -> dict:
+    """The splits on the training device; a streamed split stays lazy (read batch by batch)."""
+
+    def move(x):
+        return x if is_streamed(x) else x.to(device, non_blocking=True)
+
     return {
-        "images": train_set.images.to(device, non_blocking=True),
+        "images": move(train_set.images),
         "labels": train_set.labels.to(device, non_blocking=True),
-        "test_images": test_set.images.to(device, non_blocking=True),
+        "test_images": move(test_set.images),
         "test_labels": test_set.labels.to(device, non_blocking=True),
     }
+
+
+def _loader(cfg: RunConfig, data: dict, epoch: int, device: torch.device):
+    """The epoch's batches from DataLoader workers for a streamed split, else None."""
+    if not is_streamed(data["images"]):
+        return None
+
+    def batches(global_batches):
+        return train_batches(
+            data["images"],
+            data["labels"],
+            global_batches,
+            crop=cpu_crop(cfg),
+            seed=cfg.train.seed,
+            epoch=epoch,
+            world=distributed.world_size(),
+            rank=distributed.rank(),
+            device=device,
+            workers=cfg.data.workers,
+        )
+
+    return batches
 
 
 def _epoch(cfg: RunConfig, model, forward, optimizer, augment, data: dict, info, epoch: int):
@@ -346,9 +394,10 @@ def _epoch(cfg: RunConfig, model, forward, optimizer, augment, data: dict, info,
         desc=f"{cfg.model.name} epoch {epoch + 1}/{t.total_epochs}",
     )
     with use_fused_attention(t.fused_attention):
+        device = data["labels"].device
         stats = train_one_epoch(
             model,
-            data["images"],
+            None if is_streamed(data["images"]) else data["images"],
             data["labels"],
             augment=augment,
             optimizer=optimizer,
@@ -357,6 +406,7 @@ def _epoch(cfg: RunConfig, model, forward, optimizer, augment, data: dict, info,
             generator=generator,
             forward=forward,
             progress=_progress(bar),
+            loader=_loader(cfg, data, epoch, device),
         )
         bar.close()
         # per-rank BatchNorm running stats differ: evaluate (and save) rank 0's everywhere
@@ -460,9 +510,10 @@ def evaluate_run(run_dir: str | Path, checkpoint: str = "best", *, device: str =
     device = distributed.init(device)
     model, cfg = load_model(run_dir, checkpoint, device=device)
     test_set = load_split(cfg, train=False)
+    images = test_set.images  # a streamed split is read batch by batch
     metrics, pred = evaluate(
         model,
-        test_set.images.to(device, non_blocking=True),
+        images if is_streamed(images) else images.to(device, non_blocking=True),
         test_set.labels,
         mean=test_set.info.mean,
         std=test_set.info.std,
