@@ -316,3 +316,53 @@ def test_bad_rrc_settings_are_one_line_errors(kw, words):
     assert "\n" not in str(e.value)
     with pytest.raises(ConfigError, match=words):
         C.AugmentConfig(**kw)
+
+
+def test_random_erasing_cuts_one_box_of_the_stated_size_and_odds():
+    from vitscope.data.augment import random_erasing
+
+    torch.manual_seed(0)
+    B, H, W = 400, 24, 40
+    x = torch.rand(B, 3, H, W) + 1.0  # never 0: the erased box is where x became 0
+    out = random_erasing(x.clone(), 1.0, "const")
+    for img in out:
+        mask = (img == 0).all(0)
+        rows, cols = mask.any(1).nonzero().flatten(), mask.any(0).nonzero().flatten()
+        h, w = len(rows), len(cols)
+        assert h < H and w < W and mask.sum() == h * w  # one rectangle, strictly inside
+        assert rows.max() - rows.min() + 1 == h and cols.max() - cols.min() + 1 == w
+        # area share in [0.02, 1/3] and ratio in [0.3, 1/0.3], up to the rounding of h and w
+        assert 0.02 * H * W - (h + w) <= h * w <= H * W / 3 + (h + w)
+        assert 0.3 * (w - 1) / (h + 1) <= 1 and (h - 1) / (w + 1) <= 1 / 0.3
+    torch.manual_seed(1)
+    quarter = random_erasing(x.clone(), 0.25, "const")
+    erased = int(((quarter == 0).flatten(1).any(1)).sum())
+    assert abs(erased - 100) < 3 * (B * 0.25 * 0.75) ** 0.5  # binomial(400, 0.25)
+    torch.manual_seed(2)
+    a = random_erasing(x.clone(), 1.0, "pixel")
+    torch.manual_seed(2)
+    b = random_erasing(x.clone(), 1.0, "pixel")
+    assert torch.equal(a, b)  # seeded
+    noise = a[a != x]
+    assert abs(float(noise.mean())) < 0.05 and abs(float(noise.std()) - 1) < 0.05
+    torch.manual_seed(3)
+    per_channel = random_erasing(x.clone(), 1.0, "rand")
+    box = (per_channel[0] != x[0]).all(0)[None].expand_as(x[0])
+    vals = per_channel[0][box].view(3, -1)
+    assert torch.equal(vals, vals[:, :1].expand_as(vals))  # one value per channel
+    assert torch.equal(random_erasing(x.clone(), 0.0), x)
+
+
+def test_random_erasing_is_in_the_batch_pipeline_and_validated():
+    from vitscope.config import resolve
+    from vitscope.errors import ConfigError
+
+    aug = BatchAugment(mean=(0.5,), std=(0.25,), num_classes=3, crop_padding=0, hflip=False,
+                       reprob=1.0)  # fmt: skip
+    x = torch.full((8, 1, 16, 16), 200, dtype=torch.uint8)
+    out, _ = aug(x, torch.zeros(8, dtype=torch.long))
+    assert ((out == 0).flatten(1).any(1)).all() and "reprob=1.0" in repr(aug)
+    with pytest.raises(ConfigError, match="augment.reprob must be in"):
+        resolve(preset="cpu", overrides={"augment": {"reprob": 1.5}})
+    with pytest.raises(ConfigError, match="augment.remode must be one of"):
+        resolve(preset="cpu", overrides={"augment": {"remode": "noise"}})

@@ -40,6 +40,8 @@ def test_ra_mstd_reaches_the_augmentation_and_the_imagenet_preset_uses_the_paper
     assert all(r.augment.rrc and r.augment.interpolation == "random" for r in runs)
     assert all(r.data.loader == "stream" and r.data.img_size == 224 for r in runs)
     assert all(r.data.stats() == ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)) for r in runs)
+    assert all(r.data.crop_pct == 0.875 and r.augment.reprob == 0.25 for r in runs)
+    assert all(r.augment.remode == "const" and r.augment.recount == 1 for r in runs)
 
 
 def test_layers_override_in_order(tmp_path):

@@ -112,6 +112,27 @@ def test_ddp_matches_one_process_with_the_same_global_batch(folder_data, tmp_pat
             assert rb[key] == pytest.approx(ra[key], abs=1e-5), key
 
 
+#: a streamed folder: crop and flip in DataLoader workers, seeded per image, not per rank
+STREAMED = ["data.loader=stream", "data.workers=1", "augment.crop_padding=0", "augment.rrc=true",
+            "augment.hflip=true", "augment.rrc_scale=[0.5, 1.0]"]  # fmt: skip
+
+
+def test_streamed_ddp_matches_one_process_crops_and_all(folder_data, tmp_path):
+    """Each rank decodes its slice of every global batch; the crops are drawn per image, so
+    even with RandomResizedCrop and flips two ranks train what one process trains."""
+    one, two = tmp_path / "one", tmp_path / "two"
+    rc, _, err = _run(_train_args(folder_data, one, STREAMED), nproc=None)
+    assert rc == 0, err
+    rc, _, err = _run(_train_args(folder_data, two, STREAMED))
+    assert rc == 0, err
+    a, b = _weights(one), _weights(two)
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], atol=1e-5, rtol=1e-4, msg=k)
+    rows_a, rows_b = read_jsonl(one / "metrics.jsonl"), read_jsonl(two / "metrics.jsonl")
+    for ra, rb in zip(rows_a, rows_b):
+        assert rb["train_loss"] == pytest.approx(ra["train_loss"], abs=1e-5)
+
+
 def test_only_rank_0_writes_and_prints(ddp_random):
     out, stdout = ddp_random
     assert [r["epoch"] for r in read_jsonl(out / "metrics.jsonl")] == [1, 2, 3]

@@ -254,3 +254,45 @@ def test_the_torchvision_decoder_matches_pillow_to_resampling_round_off(jpegs):
     assert torch.equal(x, train_view(path, 24, 5, crop, "torchvision"))
     # the same seed draws the same box and flip: the two crops show the same region
     assert (x.float() - train_view(path, 24, 5, crop, "pil").float()).abs().mean() < 6.0
+
+
+def test_the_analyses_decode_a_streamed_test_split_once_when_their_images_fit(jpegs):
+    from vitscope.run_analyses import test_data_of
+
+    cfg = _cfg(jpegs)
+    split = _load(jpegs, False, loader="stream")
+    data = test_data_of(split, cfg, ["fourier", "noise"], ["fourier.num_images=5",
+                        "noise.num_images=7"], "cpu")  # fmt: skip
+    assert isinstance(data.images, torch.Tensor) and len(data) == 7  # the most either reads
+    assert torch.equal(data.images, split.images[:7].read())
+    assert torch.equal(data.labels, split.labels[:7])
+    small = resolve(preset="cpu", overrides={"data": {"name": "folder", "root": str(jpegs),
+                                                      "memory_limit_gb": 0}})  # fmt: skip
+    lazy = test_data_of(split, small, ["fourier"], [], "cpu")
+    assert isinstance(lazy.images, FolderImages) and len(lazy) == 12
+    x, y = next(lazy.batches(4))
+    assert (
+        x.dtype == torch.float32 and x.shape == (4, 3, 32, 32) and torch.equal(y, split.labels[:4])
+    )
+
+
+def test_crop_pct_cuts_the_test_views_border_like_timms_eval(jpegs):
+    lazy = _load(jpegs, False, loader="stream", crop_pct=0.875)
+    mem = _load(jpegs, False, loader="memory", crop_pct=0.875)
+    train_view_ = _load(jpegs, True, loader="stream", crop_pct=0.875).images[:1].read()
+    assert torch.equal(train_view_, _load(jpegs, True, loader="stream").images[:1].read())
+    path = lazy.images.path(0)
+    with Image.open(path) as im:
+        im = im.convert("RGB")
+        w, h = im.size
+        s = 36 / min(w, h)  # floor(32 / 0.875) = 36, then the centre 32
+        nw, nh = max(36, round(w * s)), max(36, round(h * s))
+        ref = im.resize((nw, nh), Image.Resampling.BICUBIC)
+        left, top = (nw - 32) // 2, (nh - 32) // 2
+        ref = np.array(ref.crop((left, top, left + 32, top + 32)))
+    assert torch.equal(lazy.images[:1].read()[0], torch.from_numpy(ref).permute(2, 0, 1))
+    assert torch.equal(mem.images, lazy.images.read())
+    with pytest.raises(ConfigError, match="data.crop_pct is for image folders"):
+        load_dataset("fashion-mnist", train=False, crop_pct=0.875)
+    with pytest.raises(ConfigError, match=r"data.crop_pct must be in \(0, 1\]"):
+        resolve(preset="cpu", overrides={"data": {"crop_pct": 1.5}})

@@ -44,6 +44,7 @@ class DataConfig:
     decoder: str = "pil"  # image folders: pil | torchvision (the extra)
     mean: list[float] | None = None  # per-channel mean of x / 255; None = the dataset's own
     std: list[float] | None = None  # per-channel std; set both or neither
+    crop_pct: float = 1.0  # image folders' test view: resize to img_size / crop_pct, centre crop
 
     def __post_init__(self) -> None:
         _check(
@@ -79,11 +80,17 @@ class DataConfig:
             f"data.std must hold values > 0, got {self.std!r}",
         )
 
+        _check(
+            isinstance(self.crop_pct, (int, float)) and 0 < self.crop_pct <= 1,
+            f"data.crop_pct must be in (0, 1], got {self.crop_pct!r}",
+        )
+
     def stats(self) -> tuple | None:
         """``(mean, std)`` from the config, or None for the dataset's own."""
         return None if self.mean is None else (tuple(self.mean), tuple(self.std))
 
 
+ERASE_MODES = ("const", "rand", "pixel")  # timm RandomErasing modes
 INTERPOLATIONS = ("bilinear", "bicubic", "random")  # RandomResizedCrop; random: timm's
 
 
@@ -129,8 +136,17 @@ class AugmentConfig:
     mix_prob: float = 1.0  # probability that a batch is mixed at all
     switch_prob: float = 0.5  # probability of CutMix instead of Mixup when both are on
     label_smoothing: float = 0.0  # label smoothing of the soft targets
+    reprob: float = 0.0  # timm RandomErasing probability per image (paper ImageNet: 0.25)
+    remode: str = "const"  # erased pixels: const (0 after normalising) | rand (per channel) | pixel
+    recount: int = 1  # boxes erased per image
 
     def __post_init__(self) -> None:
+        _check(0.0 <= self.reprob <= 1.0, f"augment.reprob must be in [0, 1], got {self.reprob}")
+        _check(
+            self.remode in ERASE_MODES,
+            f"augment.remode must be one of {', '.join(ERASE_MODES)}, got {self.remode!r}",
+        )
+        _check(self.recount >= 1, f"augment.recount must be >= 1, got {self.recount}")
         _check(
             self.crop_padding >= 0, f"augment.crop_padding must be >= 0, got {self.crop_padding}"
         )

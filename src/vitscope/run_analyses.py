@@ -192,6 +192,30 @@ def train_data_of(cfg) -> TrainData:
     )
 
 
+def test_data_of(split, cfg, names: Sequence[str], sets: Sequence[str], device: str) -> EvalData:
+    """The test split as the analyses read it. A streamed folder's first ``n`` images, where
+    ``n`` is the most any of the test analyses ``names`` reads, are decoded once into memory
+    when they fit in ``data.memory_limit_gb`` (the analyses pass over them tens of times);
+    else they stay lazy and every pass decodes."""
+    from .data.datasets import folder_bytes
+    from .data.stream import is_streamed
+
+    data = EvalData.from_image_data(split)
+    if not is_streamed(data.images):
+        return data
+    counts = [
+        getattr(c, "num_images", None)
+        for name, c in analysis_configs(names, sets, device).items()
+        if get_analysis(name).split == "test"
+    ]
+    if not counts:
+        return data
+    n = len(data) if None in counts else min(len(data), max(counts))
+    if folder_bytes(n, data.images.size) > cfg.data.memory_limit_gb * 2**30:
+        return data
+    return EvalData(data.images[:n].read(), data.labels[:n], data.mean, data.std, data.name)
+
+
 def run_meta(
     cfg, run_dir: str | Path, ckpt: str | None, *, model: str | None = None,
     family: str | None = None,
@@ -258,7 +282,7 @@ def analyze(
     for ckpt, group in _checkpoints(rd, names, checkpoint).items():
         model, cfg = load_model(run_dir, ckpt, device=device)
         if test_data is None:
-            test_data = EvalData.from_image_data(load_split(cfg, train=False))
+            test_data = test_data_of(load_split(cfg, train=False), cfg, names, sets, device)
         if train_data is None and any(get_analysis(n).split == "train" for n in group):
             train_data = train_data_of(cfg)
         done.update(
@@ -338,7 +362,7 @@ def analyze_foreign(
                     family=info.get("family", "other"))  # fmt: skip
     return analyze_model(
         model,
-        EvalData.from_image_data(test),
+        test_data_of(test, cfg, names, sets, device),
         out_dir,
         train_data=train_data_of(cfg) if needs_train else None,
         only=names,

@@ -457,6 +457,45 @@ def cutmix_box(H: int, W: int, lam: float) -> tuple[int, int, int, int]:
     return yl, yh, xl, xh
 
 
+def random_erasing(
+    x: torch.Tensor,
+    p: float,
+    mode: str = "const",
+    count: int = 1,
+    area: tuple[float, float] = (0.02, 1 / 3),
+    ratio: tuple[float, float] = (0.3, 1 / 0.3),
+) -> torch.Tensor:
+    """timm's ``RandomErasing`` on a normalised batch ``(B, C, H, W)``, in place: each image
+    with probability ``p`` gets ``count`` boxes, each of an area share uniform in ``area``
+    (divided by ``count``) and an aspect ratio log-uniform in ``ratio``, up to 10 tries until
+    one fits strictly inside; the box is filled with 0 (``const``: the mean colour), one
+    normal value per channel (``rand``) or per pixel (``pixel``). Random numbers from torch's
+    global generator."""
+    if p <= 0:
+        return x
+    B, C, H, W = x.shape
+    lo, hi = math.log(ratio[0]), math.log(ratio[1])
+    for i in torch.nonzero(torch.rand(B) < p).flatten().tolist():
+        for _ in range(count):
+            tries = torch.rand(10, 2, dtype=torch.float64).tolist()
+            for ua, ur in tries:
+                target = (area[0] + (area[1] - area[0]) * ua) * H * W / count
+                aspect = math.exp(lo + (hi - lo) * ur)
+                h = int(round(math.sqrt(target * aspect)))
+                w = int(round(math.sqrt(target / aspect)))
+                if w < W and h < H:
+                    top, left = (torch.rand(2, dtype=torch.float64) * torch.tensor(
+                        [H - h + 1, W - w + 1])).long().tolist()  # fmt: skip
+                    if mode == "const":
+                        fill = x.new_zeros(C, h, w)
+                    else:
+                        shape = (C, 1, 1) if mode == "rand" else (C, h, w)
+                        fill = torch.randn(shape).to(x).expand(C, h, w)
+                    x[i, :, top : top + h, left : left + w] = fill
+                    break
+    return x
+
+
 # --------------------------------------------------------------------------------------
 # The batch pipeline
 # --------------------------------------------------------------------------------------
@@ -482,6 +521,8 @@ class BatchAugment:
         mix_prob: probability that a batch is mixed at all.
         switch_prob: probability of CutMix rather than Mixup when both alphas are > 0.
         label_smoothing: ``s``; targets are ``1 - s + s/K`` on the label, ``s/K`` elsewhere.
+        reprob, remode, recount: :func:`random_erasing` after normalising, before mixing
+            (timm's order: erasing is the per-image transform's last step); 0 disables.
 
     Calling it with uint8 images (B, C, H, W) and int64 labels (B,) returns normalised float32
     images (B, C, H, W) and float32 soft targets (B, num_classes) whose rows sum to 1.
@@ -508,6 +549,9 @@ class BatchAugment:
         mix_prob: float = 1.0,
         switch_prob: float = 0.5,
         label_smoothing: float = 0.0,
+        reprob: float = 0.0,
+        remode: str = "const",
+        recount: int = 1,
     ) -> None:
         if len(mean) != len(std) or not len(mean) or min(std) <= 0:
             raise ConfigError(
@@ -541,6 +585,12 @@ class BatchAugment:
         self.mixup_alpha, self.cutmix_alpha = float(mixup_alpha), float(cutmix_alpha)
         self.mix_prob, self.switch_prob = float(mix_prob), float(switch_prob)
         self.label_smoothing = float(label_smoothing)
+        if not 0.0 <= reprob <= 1.0 or remode not in ("const", "rand", "pixel") or recount < 1:
+            raise ConfigError(
+                f"need reprob in [0, 1], remode const|rand|pixel, recount >= 1; "
+                f"got {reprob}, {remode!r}, {recount}"
+            )
+        self.reprob, self.remode, self.recount = float(reprob), str(remode), int(recount)
         # timm fills geometric ops with the mean colour: round(255 * mean) per channel.
         self.fill = tuple(float(min(255, round(255 * v))) for v in self.mean)
 
@@ -563,6 +613,8 @@ class BatchAugment:
             x = rand_augment(x, n=self.ra_n, m=self.ra_m, mstd=self.ra_mstd, fill=fill)
         m, s = _stats(self.mean, self.std, x.shape[1], x.device)
         x = x.sub_(m).div_(s)
+        if self.reprob > 0:
+            x = random_erasing(x, self.reprob, self.remode, self.recount)
         return self._mix(x, labels.long())
 
     def _mix(self, x: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -602,4 +654,6 @@ class BatchAugment:
             keys += ("rrc", "rrc_scale", "rrc_ratio", "interpolation")
         if self.randaugment and self.ra_mstd != 1.0:
             keys += ("ra_mstd",)
+        if self.reprob > 0:
+            keys += ("reprob", "remode", "recount")
         return f"BatchAugment({', '.join(f'{k}={getattr(self, k)}' for k in keys)})"

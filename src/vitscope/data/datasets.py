@@ -163,6 +163,7 @@ def load_dataset(
     memory_limit_gb: float = MEMORY_LIMIT_GB,
     decoder: str = "pil",
     stats: tuple | None = None,
+    crop_pct: float = 1.0,
 ) -> ImageData:
     """Load one split of a registered dataset (into memory, or lazily for large folders).
 
@@ -178,6 +179,8 @@ def load_dataset(
             or ``auto`` (stream a folder whose train split exceeds ``memory_limit_gb``).
         decoder: ``pil`` or ``torchvision`` (image folders).
         stats: ``(mean, std)`` per channel to use instead of the dataset's own.
+        crop_pct: image folders' test split: shorter side resized to ``img_size / crop_pct``,
+            then the centre ``img_size`` crop.
 
     Returns:
         An :class:`ImageData` with int64 labels and uint8 images, or a lazy
@@ -193,7 +196,7 @@ def load_dataset(
     kw = dict(train=train, root=_abs(root), download=download, img_size=size)
     if src.streams:
         return src.load(**kw, loader=loader, memory_limit_gb=memory_limit_gb, decoder=decoder,
-                        stats=stats)  # fmt: skip
+                        stats=stats, crop_pct=crop_pct)  # fmt: skip
     if loader not in LOADERS:
         raise ConfigError(f"data.loader must be one of {', '.join(LOADERS)}, got {loader!r}")
     if loader == "stream":
@@ -201,6 +204,8 @@ def load_dataset(
             f"data.loader=stream is for image folders; {name} is held in memory "
             "(use data.loader=auto or memory)"
         )
+    if crop_pct != 1.0:
+        raise ConfigError(f"data.crop_pct is for image folders; {name} has its own size (use 1)")
     data = src.load(**kw)
     return data if stats is None else ImageData(data.images, data.labels,
                                                 _with_stats(data.info, stats))  # fmt: skip
@@ -818,8 +823,9 @@ def _folder_info(root: Path, classes: Sequence[str], size: int, stats) -> Datase
     return DatasetInfo("folder", len(classes), 3, size, mean, std, tuple(classes))
 
 
-def _folder_split(root: Path, train: bool, size: int, decoder: str):
-    """``(lazy images, labels, classes)`` of one split: file names only, nothing decoded."""
+def _folder_split(root: Path, train: bool, size: int, decoder: str, crop_pct: float = 1.0):
+    """``(lazy images, labels, classes)`` of one split: file names only, nothing decoded.
+    ``crop_pct`` applies to the test split's eval view only (timm's eval transform)."""
     train_classes = _scan(root / "train")
     split_dir = _split_dir(root, train)
     by_class = train_classes if train else _scan(split_dir)
@@ -833,7 +839,8 @@ def _folder_split(root: Path, train: bool, size: int, decoder: str):
     for c, files in by_class.items():
         names += [os.fsencode(os.path.join(c, f)) for f in files]
         labels += [classes.index(c)] * len(files)
-    images = FolderImages(str(split_dir), np.array(names, dtype=bytes), size, decoder)
+    pct = 1.0 if train else crop_pct
+    images = FolderImages(str(split_dir), np.array(names, dtype=bytes), size, decoder, pct)
     return images, torch.tensor(labels, dtype=torch.int64), classes
 
 
@@ -887,6 +894,7 @@ def _load_folder(
     memory_limit_gb: float = MEMORY_LIMIT_GB,
     decoder: str = "pil",
     stats: tuple | None = None,
+    crop_pct: float = 1.0,
 ) -> ImageData:
     """``root/train`` or ``root/val`` (or ``test``): in memory as one uint8 tensor, or streamed.
 
@@ -897,11 +905,12 @@ def _load_folder(
     split into memory, ``stream`` keeps file names (:class:`FolderImages`), ``auto`` streams
     when the train split would take more than ``memory_limit_gb`` GB in memory. Mean and std
     are ``stats`` if given (e.g. ImageNet's), else computed from the train split at that size
-    (not ImageNet's constants), so val/test use train statistics.
+    (not ImageNet's constants), so val/test use train statistics. Test images are resized to
+    ``floor(img_size / crop_pct)`` before the centre crop (ImageNet's 256 -> 224: 0.875).
     """
     r, size = _folder_root(root), img_size or FOLDER_IMG_SIZE
     dec = resolve_decoder(decoder)
-    images, labels, classes = _folder_split(r, train, size, dec)
+    images, labels, classes = _folder_split(r, train, size, dec, crop_pct)
     stream = _streams(r, size, dec, loader, memory_limit_gb, images if train else None)
     if not stream:
         images = images.read()

@@ -28,6 +28,7 @@ part of a run's identity.
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 import random
 import warnings
@@ -114,18 +115,19 @@ def _open_pil(path: str):
         return im.convert("RGB")
 
 
-def eval_view(path: str, size: int, decoder: str = "pil") -> torch.Tensor:
-    """uint8 ``(3, size, size)``: shorter side resized to ``size`` (bicubic, antialiased),
-    then the centre crop. The in-memory folder path stores exactly this (``pil``)."""
+def eval_view(path: str, size: int, decoder: str = "pil", crop_pct: float = 1.0) -> torch.Tensor:
+    """uint8 ``(3, size, size)``: shorter side resized to ``floor(size / crop_pct)`` (bicubic,
+    antialiased), then the centre crop (timm's eval transform; ImageNet's 256 -> 224 is
+    ``crop_pct`` 0.875). The in-memory folder path stores exactly this (``pil``)."""
+    scaled = size if crop_pct >= 1 else math.floor(size / crop_pct)
     try:
         if decoder == "torchvision":
-            return _tv_eval(path, size)
+            return _tv_eval_tensor(_tv_decode(path), size, scaled)
         from PIL import Image
 
         with _open_pil(path) as im:
             w, h = im.size
-            s = size / min(w, h)
-            nw, nh = max(size, round(w * s)), max(size, round(h * s))
+            nw, nh = _scaled_size(w, h, scaled)
             # Bicubic with PIL's support scaled to the reduction factor, i.e. antialiased.
             im = im.resize((nw, nh), Image.Resampling.BICUBIC)
             left, top = (nw - size) // 2, (nh - size) // 2
@@ -135,6 +137,12 @@ def eval_view(path: str, size: int, decoder: str = "pil") -> torch.Tensor:
         raise
     except Exception as e:  # PIL raises OSError, ValueError, DecompressionBombError, ...
         raise _fail(path, e) from None
+
+
+def _scaled_size(w: int, h: int, scaled: int) -> tuple[int, int]:
+    """``(w, h)`` with the shorter side at ``scaled`` (the longer rounded)."""
+    s = scaled / min(w, h)
+    return max(scaled, round(w * s)), max(scaled, round(h * s))
 
 
 def train_view(path: str, size: int, seed: int, crop: Crop, decoder: str = "pil") -> torch.Tensor:
@@ -198,20 +206,15 @@ def _tv_resized_crop(img: torch.Tensor, box, size: int, mode: str) -> torch.Tens
     return TF.resized_crop(img, t, l, h, w, [size, size], interpolation=interp, antialias=True)
 
 
-def _tv_eval_tensor(img: torch.Tensor, size: int) -> torch.Tensor:
+def _tv_eval_tensor(img: torch.Tensor, size: int, scaled: int | None = None) -> torch.Tensor:
     from torchvision.transforms.v2 import InterpolationMode
     from torchvision.transforms.v2 import functional as TF
 
     h, w = img.shape[-2:]
-    s = size / min(w, h)  # the Pillow path's sizes (torchvision's own would truncate)
-    nw, nh = max(size, round(w * s)), max(size, round(h * s))
+    nw, nh = _scaled_size(w, h, scaled or size)  # the Pillow path's (torchvision's truncates)
     img = TF.resize(img, [nh, nw], interpolation=InterpolationMode.BICUBIC, antialias=True)
     left, top = (nw - size) // 2, (nh - size) // 2
     return img[:, top : top + size, left : left + size]
-
-
-def _tv_eval(path: str, size: int) -> torch.Tensor:
-    return _tv_eval_tensor(_tv_decode(path), size)
 
 
 def sample_seed(seed: int, epoch: int, index: int) -> int:
@@ -237,8 +240,11 @@ class FolderImages:
     ndim = 4
     device = torch.device("cpu")
 
-    def __init__(self, root: str, names: np.ndarray, size: int, decoder: str = "pil") -> None:
+    def __init__(
+        self, root: str, names: np.ndarray, size: int, decoder: str = "pil", crop_pct: float = 1.0
+    ) -> None:
         self.root, self.names, self.size, self.decoder = str(root), names, int(size), decoder
+        self.crop_pct = float(crop_pct)  # of the eval view (timm's; 1: no border cut)
 
     @property
     def shape(self) -> torch.Size:
@@ -252,7 +258,7 @@ class FolderImages:
             index = index.cpu().numpy()
         if isinstance(index, (int, np.integer)):
             index = [int(index)]
-        return FolderImages(self.root, self.names[index], self.size, self.decoder)
+        return FolderImages(self.root, self.names[index], self.size, self.decoder, self.crop_pct)
 
     def path(self, i: int) -> str:
         return os.path.join(self.root, self.names[i].decode())
@@ -267,10 +273,13 @@ class FolderImages:
             return torch.empty(0, 3, self.size, self.size, dtype=torch.uint8)
         threads = threads or min(8, available_cores())
         if threads == 1 or len(paths) == 1:
-            return torch.stack([eval_view(p, self.size, self.decoder) for p in paths])
+            return torch.stack([self._view(p) for p in paths])
         with ThreadPoolExecutor(max_workers=threads) as pool:
-            views = list(pool.map(lambda p: eval_view(p, self.size, self.decoder), paths))
+            views = list(pool.map(self._view, paths))
         return torch.stack(views)
+
+    def _view(self, path: str) -> torch.Tensor:
+        return eval_view(path, self.size, self.decoder, self.crop_pct)
 
     def read_train(self, seeds: Sequence[int], crop: Crop, threads: int | None = None):
         """The training crops of this view's images, image ``k`` drawn from ``seeds[k]``."""

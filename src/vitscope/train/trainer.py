@@ -68,6 +68,7 @@ def load_split(cfg: RunConfig, *, train: bool) -> ImageData:
         memory_limit_gb=d.memory_limit_gb,
         decoder=d.decoder,
         stats=d.stats(),
+        crop_pct=d.crop_pct,
     )
 
 
@@ -133,6 +134,9 @@ def build_augment(cfg: RunConfig, info, *, streamed: bool = False) -> BatchAugme
         mix_prob=a.mix_prob,
         switch_prob=a.switch_prob,
         label_smoothing=a.label_smoothing,
+        reprob=a.reprob,
+        remode=a.remode,
+        recount=a.recount,
     )
 
 
