@@ -6,10 +6,11 @@ against a bare DataLoader loop over the same files.
 
 1. A synthetic ImageNet-style folder of ``--large`` JPEGs (256 x 256..320, 10 classes; written
    once, kept in ``--folder``) and a second one holding the first ``--small`` of them.
-2. Memory: for each folder, a fresh process loads the train split streamed, runs the channel
-   statistics pass and then one training epoch of worker-decoded 224 x 224
-   RandomResizedCrop + flip batches (2 workers, nothing trained), sampling the resident memory
-   of its whole process tree (itself and its workers) every 20 ms: the peak of the sum.
+2. Memory: for each folder, a fresh process (and a fresh ``VITSCOPE_CACHE``) loads the train
+   split streamed, runs the channel statistics pass and then one training epoch of
+   worker-decoded 224 x 224 RandomResizedCrop + flip batches (2 workers, nothing trained),
+   sampling the resident memory of its whole process tree (itself and its workers) every
+   20 ms: the peak of the sum.
 3. Throughput: images/s of one epoch over ``--images`` files, vitscope's
    :func:`~vitscope.data.stream.train_batches` against a bare ``DataLoader`` whose dataset
    does the same work (Pillow decode, RGB, a crop box resized to 224, flip, to tensor) and
@@ -22,8 +23,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 CHILD_MEMORY = r"""
@@ -177,8 +180,11 @@ def subset_folder(src: Path, dst: Path, n: int) -> Path:
 
 
 def child(code: str, *args) -> dict:
-    out = subprocess.run([sys.executable, "-c", code, *map(str, args)],
-                         capture_output=True, text=True, check=False)  # fmt: skip
+    # a fresh statistics cache: the pass is measured, not read back from an earlier run
+    with tempfile.TemporaryDirectory() as cache:
+        env = {**os.environ, "VITSCOPE_CACHE": cache}
+        out = subprocess.run([sys.executable, "-c", code, *map(str, args)],
+                             capture_output=True, text=True, check=False, env=env)  # fmt: skip
     if out.returncode:
         sys.exit(f"benchmark child failed:\n{out.stderr[-2000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
