@@ -56,12 +56,12 @@ class DataConfig:
             f"data.img_size must be >= 8 or null, got {self.img_size!r}",
         )
         _check(
-            self.loader in ("auto", "memory", "stream"),
-            f"data.loader must be auto, memory or stream, got {self.loader!r}",
+            self.loader in LOADERS,
+            f"data.loader must be one of {', '.join(LOADERS)}, got {self.loader!r}",
         )
         _check(
-            self.decoder in ("pil", "torchvision"),
-            f"data.decoder must be pil or torchvision, got {self.decoder!r}",
+            self.decoder in DECODERS,
+            f"data.decoder must be one of {', '.join(DECODERS)}, got {self.decoder!r}",
         )
         _check(
             isinstance(self.memory_limit_gb, (int, float)) and self.memory_limit_gb >= 0,
@@ -91,6 +91,8 @@ class DataConfig:
 
 
 ERASE_MODES = ("const", "rand", "pixel")  # timm RandomErasing modes
+LOADERS = ("auto", "memory", "stream")  # data.loader
+DECODERS = ("pil", "torchvision")  # data.decoder
 INTERPOLATIONS = ("bilinear", "bicubic", "random")  # RandomResizedCrop; random: timm's
 
 

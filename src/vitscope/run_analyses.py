@@ -197,7 +197,7 @@ def test_data_of(split, cfg, names: Sequence[str], sets: Sequence[str], device: 
     ``n`` is the most any of the test analyses ``names`` reads, are decoded once into memory
     when they fit in ``data.memory_limit_gb`` (the analyses pass over them tens of times);
     else they stay lazy and every pass decodes."""
-    from .data.datasets import folder_bytes
+    from .data.datasets import fits_in_memory
     from .data.stream import is_streamed
 
     data = EvalData.from_image_data(split)
@@ -211,7 +211,7 @@ def test_data_of(split, cfg, names: Sequence[str], sets: Sequence[str], device: 
     if not counts:
         return data
     n = len(data) if None in counts else min(len(data), max(counts))
-    if folder_bytes(n, data.images.size) > cfg.data.memory_limit_gb * 2**30:
+    if not fits_in_memory(n, data.images.size, cfg.data.memory_limit_gb):
         return data
     return EvalData(data.images[:n].read(), data.labels[:n], data.mean, data.std, data.name)
 

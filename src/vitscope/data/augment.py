@@ -45,7 +45,7 @@ from collections.abc import Callable, Sequence
 import torch
 import torch.nn.functional as F
 
-from ..config import check_rrc
+from ..config import ERASE_MODES, check_rrc
 from ..errors import ConfigError, VitscopeError
 
 # --------------------------------------------------------------------------------------
@@ -585,9 +585,9 @@ class BatchAugment:
         self.mixup_alpha, self.cutmix_alpha = float(mixup_alpha), float(cutmix_alpha)
         self.mix_prob, self.switch_prob = float(mix_prob), float(switch_prob)
         self.label_smoothing = float(label_smoothing)
-        if not 0.0 <= reprob <= 1.0 or remode not in ("const", "rand", "pixel") or recount < 1:
+        if not 0.0 <= reprob <= 1.0 or remode not in ERASE_MODES or recount < 1:
             raise ConfigError(
-                f"need reprob in [0, 1], remode const|rand|pixel, recount >= 1; "
+                f"need reprob in [0, 1], remode one of {', '.join(ERASE_MODES)}, recount >= 1; "
                 f"got {reprob}, {remode!r}, {recount}"
             )
         self.reprob, self.remode, self.recount = float(reprob), str(remode), int(recount)

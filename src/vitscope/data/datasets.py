@@ -40,11 +40,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..config import LOADERS
 from ..errors import ConfigError, DatasetError, VitscopeError
 from ..io import atomic_write_json
 from ..registry import Registry
 from .download import _oneline, download_url
-from .stream import LOADERS, FolderImages, resolve_decoder
+from .stream import FolderImages, resolve_decoder
 
 MEMORY_LIMIT_GB = 8.0  # data.memory_limit_gb: a folder whose train split is larger streams
 
@@ -194,11 +195,11 @@ def load_dataset(
     src = DATASETS.get(name)
     size = _check_img_size(img_size)
     kw = dict(train=train, root=_abs(root), download=download, img_size=size)
+    if loader not in LOADERS:
+        raise ConfigError(f"data.loader must be one of {', '.join(LOADERS)}, got {loader!r}")
     if src.streams:
         return src.load(**kw, loader=loader, memory_limit_gb=memory_limit_gb, decoder=decoder,
                         stats=stats, crop_pct=crop_pct)  # fmt: skip
-    if loader not in LOADERS:
-        raise ConfigError(f"data.loader must be one of {', '.join(LOADERS)}, got {loader!r}")
     if loader == "stream":
         raise ConfigError(
             f"data.loader=stream is for image folders; {name} is held in memory "
@@ -806,16 +807,13 @@ class ChannelStats:
 def _channel_stats(images) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """Per-channel mean and std of ``images / 255`` (:class:`ChannelStats`, one pass): a uint8
     tensor, or a lazy :class:`~vitscope.data.stream.FolderImages` decoded chunk by chunk."""
-    stats = ChannelStats()
-    if isinstance(images, FolderImages):
-        for start in range(0, len(images), STATS_CHUNK):
-            stats.update(images[start : start + STATS_CHUNK].read())
+    stats, chunk = ChannelStats(), ChannelStats.CHUNK
+    if isinstance(images, FolderImages):  # decoded as many at a time as one update takes
+        for start in range(0, len(images), chunk):
+            stats.update(images[start : start + chunk].read())
     else:
         stats.update(images)  # it works through the split in chunks of ChannelStats.CHUNK
     return stats.result()
-
-
-STATS_CHUNK = 256  # images decoded at once by the streaming statistics pass
 
 
 def _folder_info(root: Path, classes: Sequence[str], size: int, stats) -> DatasetInfo:
@@ -823,13 +821,22 @@ def _folder_info(root: Path, classes: Sequence[str], size: int, stats) -> Datase
     return DatasetInfo("folder", len(classes), 3, size, mean, std, tuple(classes))
 
 
-def _folder_split(root: Path, train: bool, size: int, decoder: str, crop_pct: float = 1.0):
+def _folder_split(
+    root: Path,
+    train: bool,
+    size: int,
+    decoder: str,
+    crop_pct: float = 1.0,
+    classes: Sequence[str] | None = None,
+):
     """``(lazy images, labels, classes)`` of one split: file names only, nothing decoded.
-    ``crop_pct`` applies to the test split's eval view only (timm's eval transform)."""
-    train_classes = _scan(root / "train")
+    ``crop_pct`` applies to the test split's eval view only (timm's eval transform); the test
+    split takes ``classes`` (the train split's) or scans ``train/`` for them."""
     split_dir = _split_dir(root, train)
-    by_class = train_classes if train else _scan(split_dir)
-    classes = list(train_classes)  # sorted; labels index this list in both splits
+    by_class = _scan(split_dir)
+    if classes is None:
+        classes = list(by_class if train else _scan(root / "train"))
+    classes = list(classes)  # sorted; labels index this list in both splits
     unknown = sorted(set(by_class) - set(classes))
     if unknown:
         raise DatasetError(
@@ -852,14 +859,12 @@ def _stats_file(root: Path, size: int, decoder: str, images: FolderImages) -> Pa
     return cache_dir() / "folder-stats" / f"{h.hexdigest()[:24]}.json"
 
 
-def _folder_stats(root: Path, size: int, decoder: str, images=None, streamed: bool = True):
-    """Mean/std of the train split at ``size``: from this process' cache, the on-disk cache
-    (streamed splits), or one pass over the images."""
+def _folder_stats(root: Path, size: int, decoder: str, images, streamed: bool):
+    """Mean/std of the train split ``images`` (a tensor or lazy) at ``size``: from this
+    process' cache, the on-disk cache (streamed splits), or one pass over the images."""
     key = (str(root.resolve()), size, decoder)
     if key in _FOLDER_STATS:
         return _FOLDER_STATS[key]
-    if images is None:
-        images = _folder_split(root, True, size, decoder)[0]
     path = _stats_file(root, size, decoder, images) if streamed else None
     if path is not None and path.is_file():
         try:
@@ -879,9 +884,9 @@ def _folder_stats(root: Path, size: int, decoder: str, images=None, streamed: bo
     return _FOLDER_STATS[key]
 
 
-def folder_bytes(n: int, size: int) -> int:
-    """Bytes an in-memory folder split of ``n`` images at ``size`` holds (uint8, 3 channels)."""
-    return n * 3 * size * size
+def fits_in_memory(n: int, size: int, limit_gb: float) -> bool:
+    """Whether ``n`` RGB images at ``size`` (uint8) take at most ``limit_gb`` GB."""
+    return n * 3 * size * size <= limit_gb * 2**30
 
 
 def _load_folder(
@@ -910,24 +915,19 @@ def _load_folder(
     """
     r, size = _folder_root(root), img_size or FOLDER_IMG_SIZE
     dec = resolve_decoder(decoder)
-    images, labels, classes = _folder_split(r, train, size, dec, crop_pct)
-    stream = _streams(r, size, dec, loader, memory_limit_gb, images if train else None)
+    train_images, labels, classes = _folder_split(r, True, size, dec)
+    images = train_images
+    if not train:
+        images, labels, _ = _folder_split(r, False, size, dec, crop_pct, classes)
+    # auto: the train split's size decides for both splits, so they take one path
+    stream = loader == "stream" or (
+        loader == "auto" and not fits_in_memory(len(train_images), size, memory_limit_gb)
+    )
     if not stream:
         images = images.read()
     if stats is None:
-        stats = _folder_stats(r, size, dec, images if train else None, streamed=stream)
+        stats = _folder_stats(r, size, dec, images if train else train_images, streamed=stream)
     return ImageData(images, labels, _folder_info(r, classes, size, stats))
-
-
-def _streams(root: Path, size: int, decoder: str, loader: str, limit_gb: float, train_images):
-    """Whether the folder streams: ``loader``, or for ``auto`` the train split's size."""
-    if loader not in LOADERS:
-        raise ConfigError(f"data.loader must be one of {', '.join(LOADERS)}, got {loader!r}")
-    if loader != "auto":
-        return loader == "stream"
-    if train_images is None:
-        train_images = _folder_split(root, True, size, decoder)[0]
-    return folder_bytes(len(train_images), size) > limit_gb * 2**30
 
 
 def _folder_dataset_info(
@@ -937,7 +937,7 @@ def _folder_dataset_info(
     dec = resolve_decoder(decoder)
     images, _, classes = _folder_split(r, True, size, dec)
     if stats is None:
-        big = folder_bytes(len(images), size) > MEMORY_LIMIT_GB * 2**30
+        big = not fits_in_memory(len(images), size, MEMORY_LIMIT_GB)
         stats = _folder_stats(r, size, dec, images, streamed=big)
     return _folder_info(r, classes, size, stats)
 

@@ -40,13 +40,12 @@ from functools import lru_cache
 import numpy as np
 import torch
 
+from ..config import DECODERS
 from ..errors import ConfigError, DatasetError
 from .augment import rrc_box
 from .download import _oneline
 
-DECODERS = ("pil", "torchvision")
 TV_DEPRECATION = "The image decoding and encoding capabilities of TorchVision are deprecated"
-LOADERS = ("auto", "memory", "stream")
 
 
 def available_cores() -> int:
@@ -157,14 +156,13 @@ def train_view(path: str, size: int, seed: int, crop: Crop, decoder: str = "pil"
     g = random.Random(seed)
     u = [g.random() for _ in range(22)] if crop.rrc else []
     try:
-        if decoder == "torchvision":
+        if not crop.rrc:
+            img = eval_view(path, size, decoder)
+        elif decoder == "torchvision":
             img = _tv_decode(path)
-            if crop.rrc:
-                box = rrc_box(img.shape[1], img.shape[2], crop.scale, crop.ratio, u)
-                img = _tv_resized_crop(img, box, size, _mode(crop, g))
-            else:
-                img = _tv_eval_tensor(img, size)
-        elif crop.rrc:
+            box = rrc_box(img.shape[1], img.shape[2], crop.scale, crop.ratio, u)
+            img = _tv_resized_crop(img, box, size, _mode(crop, g))
+        else:
             from PIL import Image
 
             with _open_pil(path) as im:
@@ -174,8 +172,6 @@ def train_view(path: str, size: int, seed: int, crop: Crop, decoder: str = "pil"
                 resample = Image.Resampling.BICUBIC if mode == "bicubic" else Image.BILINEAR
                 im = im.resize((size, size), resample, box=(l, t, l + cw, t + ch))
                 img = torch.from_numpy(np.asarray(im, dtype=np.uint8).copy()).permute(2, 0, 1)
-        else:
-            img = eval_view(path, size, decoder)
     except DatasetError:
         raise
     except Exception as e:  # noqa: BLE001 - decoders raise many types for a bad file
@@ -206,12 +202,12 @@ def _tv_resized_crop(img: torch.Tensor, box, size: int, mode: str) -> torch.Tens
     return TF.resized_crop(img, t, l, h, w, [size, size], interpolation=interp, antialias=True)
 
 
-def _tv_eval_tensor(img: torch.Tensor, size: int, scaled: int | None = None) -> torch.Tensor:
+def _tv_eval_tensor(img: torch.Tensor, size: int, scaled: int) -> torch.Tensor:
     from torchvision.transforms.v2 import InterpolationMode
     from torchvision.transforms.v2 import functional as TF
 
     h, w = img.shape[-2:]
-    nw, nh = _scaled_size(w, h, scaled or size)  # the Pillow path's (torchvision's truncates)
+    nw, nh = _scaled_size(w, h, scaled)  # the Pillow path's (torchvision's truncates)
     img = TF.resize(img, [nh, nw], interpolation=InterpolationMode.BICUBIC, antialias=True)
     left, top = (nw - size) // 2, (nh - size) // 2
     return img[:, top : top + size, left : left + size]
@@ -268,31 +264,30 @@ class FolderImages:
 
     def read(self, threads: int | None = None) -> torch.Tensor:
         """Decode every image of this view (eval view), in a pool of threads."""
-        paths = self.paths()
-        if not paths:
-            return torch.empty(0, 3, self.size, self.size, dtype=torch.uint8)
-        threads = threads or min(8, available_cores())
-        if threads == 1 or len(paths) == 1:
-            return torch.stack([self._view(p) for p in paths])
-        with ThreadPoolExecutor(max_workers=threads) as pool:
-            views = list(pool.map(self._view, paths))
-        return torch.stack(views)
+        return self._decode(self._view, self.paths(), threads)
 
     def _view(self, path: str) -> torch.Tensor:
         return eval_view(path, self.size, self.decoder, self.crop_pct)
 
     def read_train(self, seeds: Sequence[int], crop: Crop, threads: int | None = None):
         """The training crops of this view's images, image ``k`` drawn from ``seeds[k]``."""
-        paths = self.paths()
-        if len(seeds) != len(paths):
-            raise ValueError(f"{len(seeds)} seeds for {len(paths)} images")
-        if not paths:
+        if len(seeds) != len(self):
+            raise ValueError(f"{len(seeds)} seeds for {len(self)} images")
+
+        def view(item: tuple[str, int]) -> torch.Tensor:
+            return train_view(item[0], self.size, item[1], crop, self.decoder)
+
+        return self._decode(view, list(zip(self.paths(), seeds)), threads)
+
+    def _decode(self, fn, items: list, threads: int | None) -> torch.Tensor:
+        """``fn`` over ``items`` (Pillow releases the GIL: threads decode in parallel), stacked."""
+        if not items:
             return torch.empty(0, 3, self.size, self.size, dtype=torch.uint8)
         threads = threads or min(8, available_cores())
+        if threads == 1 or len(items) == 1:
+            return torch.stack([fn(it) for it in items])
         with ThreadPoolExecutor(max_workers=threads) as pool:
-            views = pool.map(lambda a: train_view(a[0], self.size, a[1], crop, self.decoder),
-                             zip(paths, seeds))  # fmt: skip
-            return torch.stack(list(views))
+            return torch.stack(list(pool.map(fn, items)))
 
     def __repr__(self) -> str:
         return f"FolderImages({self.root!r}, {len(self)} images, {self.size}x{self.size})"

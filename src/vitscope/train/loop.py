@@ -128,7 +128,7 @@ def train_one_epoch(
     world, rank = distributed.world_size(), distributed.rank()
     n = len(labels)
     steps = math.ceil(n / cfg.batch_size)
-    device = labels.device if images is None else images.device
+    device = labels.device  # on the training device, like the in-memory images
     sums = torch.zeros(4, dtype=torch.float64, device=device)  # loss, nll, correct, images
     batches = batch_indices(n, cfg.batch_size, generator=generator, min_size=2 * world)
     if loader is not None:
