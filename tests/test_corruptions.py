@@ -5,6 +5,8 @@ from __future__ import annotations
 import colorsys
 import io
 import math
+import os
+import shutil
 from dataclasses import replace
 
 import numpy as np
@@ -313,3 +315,102 @@ def test_mce_is_hendrycks_ratio_of_summed_errors_to_the_baselines():
     assert [r[2:] for r in rows] == [["100.0", "100.0"], ["75.0", "100.0"], ["100.0", "100.0"]]
     assert A.baseline_table([_result("vit_tiny", 90.0, [[1, 2], [3, 4]], baseline="")]) is None
     assert A.corruption_errors(model, []) is None
+
+
+def _imagenet_c(root, test, cfg, ext=".JPEG", grouped=("defocus_blur",)):
+    """An ImageNet-C-layout release of ``test``'s files under ``root``: each image inverted
+    (and, severity by severity, darkened), saved under its class folder and stem with
+    ``ext``; corruptions in ``grouped`` one group folder down, as the release's tars unpack."""
+    from vitscope.data.corruptions import GROUPS
+
+    group_of = {c: g for g, members in GROUPS.items() for c in members}
+    for name in cfg.corruptions:
+        top = root / group_of[name] / name if name in grouped else root / name
+        for s in cfg.severities:
+            for f in test.files.names:
+                rel = os.fsdecode(f)
+                img = 255 - np.asarray(Image.open(test.files.root + "/" + rel).convert("RGB"))
+                out = top / str(s) / (os.path.splitext(rel)[0] + ext)
+                out.parent.mkdir(parents=True, exist_ok=True)
+                Image.fromarray((img * (1 - 0.15 * s)).astype(np.uint8)).save(out)
+    (root / "fog" / "1" / "class0" / "not_in_the_test_set.JPEG").write_bytes(b"ignored")
+
+
+def _reference_correct(model, root, test, cfg, name, severity):
+    """Whether ``model`` is right on each release file, decoded by Pillow alone (the files
+    are at the test size already) and normalised by hand."""
+    from vitscope.data.corruptions import GROUPS
+
+    group_of = {c: g for g, members in GROUPS.items() for c in members}
+    top = root / name if (root / name).is_dir() else root / group_of[name] / name
+    imgs = []
+    for f in test.files.names:
+        stem = os.path.splitext(os.fsdecode(f))[0]
+        imgs.append(np.asarray(Image.open(top / str(severity) / (stem + ".JPEG")).convert("RGB")))
+    x = torch.from_numpy(np.stack(imgs)).permute(0, 3, 1, 2).float() / 255
+    mean, std = torch.tensor(test.mean).view(1, 3, 1, 1), torch.tensor(test.std).view(1, 3, 1, 1)
+    with torch.no_grad():
+        return (model((x - mean) / std).argmax(1) == test.labels).numpy().astype(np.uint8)
+
+
+@pytest.mark.parametrize("loader", ["memory", "stream"])
+def test_an_imagenet_c_folder_is_matched_to_the_test_files_by_name(loader, tmp_path):
+    from conftest import write_folder_dataset
+
+    from vitscope.data import load_dataset
+
+    root = write_folder_dataset(tmp_path / "data", n_train=4, n_val=3, size=16)
+    split = load_dataset("folder", train=False, root=str(root), img_size=16, loader=loader)
+    test = EvalData.from_image_data(split)
+    # the test split interleaves the classes, so any first n images cover them evenly
+    assert test.labels.tolist() == [0, 1, 2] * 3
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU(),
+                                torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(),
+                                torch.nn.Linear(4, 3)).eval()  # fmt: skip
+    cfg = A.Config(
+        corruptions=("fog", "defocus_blur"), severities=(1, 5), source=str(tmp_path / "c")
+    )
+    _imagenet_c(tmp_path / "c", test, cfg)
+    result = A.run(model, test, cfg)
+    table = result.arrays["correct"]
+    assert table.shape == (5, 9)
+    for name in cfg.corruptions:
+        for s in cfg.severities:
+            want = _reference_correct(model, tmp_path / "c", test, cfg, name, s)
+            np.testing.assert_array_equal(table[A.row(cfg, name, s)], want)
+    assert result.values["source"] == cfg.source
+    # the first n images only, and their copies only
+    few = A.run(model, test, replace(cfg, num_images=4))
+    np.testing.assert_array_equal(few.arrays["correct"], table[:, :4])
+
+
+def test_an_imagenet_c_folder_that_does_not_fit_is_refused_in_one_line(folder_data, tmp_path):
+    from vitscope.data import load_dataset
+
+    split = load_dataset("folder", train=False, root=str(folder_data), loader="memory")
+    test = EvalData.from_image_data(split, limit=6)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.LazyLinear(3))
+    cfg = A.Config(corruptions=("fog", "defocus_blur"), severities=(1, 5), source=str(tmp_path))
+    _imagenet_c(tmp_path, test, cfg)
+    missing = tmp_path / "blur" / "defocus_blur" / "5" / "class1" / "0.JPEG"
+    missing.unlink()
+    with pytest.raises(
+        VitscopeError, match=r"defocus_blur/5 lacks 1 of the 6 test images, e\.g\. class1/0\.png"
+    ):
+        A.run(model, test, cfg)
+    shutil.rmtree(missing.parent.parent)
+    with pytest.raises(VitscopeError, match=r"no folder .*defocus_blur/5 \(severity 5\)"):
+        A.run(model, test, cfg)
+    shutil.rmtree(tmp_path / "blur")
+    with pytest.raises(
+        VitscopeError, match=r"no folder .*defocus_blur \(nor .*blur/defocus_blur\)"
+    ):
+        A.run(model, test, cfg)
+    # tensors without files (CIFAR, Fashion-MNIST) cannot be matched by name
+    bare = EvalData(test.images, test.labels, test.mean, test.std, "cifar10")
+    with pytest.raises(VitscopeError, match="needs a folder dataset .* not cifar10"):
+        A.run(model, bare, replace(cfg, corruptions=("fog",)))
+    shutil.rmtree(tmp_path / "fog")
+    with pytest.raises(VitscopeError, match="holds neither labels.npy"):
+        A.run(model, test, cfg)

@@ -213,7 +213,8 @@ def test_data_of(split, cfg, names: Sequence[str], sets: Sequence[str], device: 
     n = len(data) if None in counts else min(len(data), max(counts))
     if not fits_in_memory(n, data.images.size, cfg.data.memory_limit_gb):
         return data
-    return EvalData(data.images[:n].read(), data.labels[:n], data.mean, data.std, data.name)
+    return replace(data, images=data.images[:n].read(), labels=data.labels[:n],
+                   files=data.files[:n])  # fmt: skip
 
 
 def run_meta(

@@ -17,7 +17,7 @@ import torch
 
 from .. import distributed as dist_utils
 from ..data.augment import normalize
-from ..data.stream import Crop, is_streamed, read_images, sample_seed
+from ..data.stream import Crop, FolderImages, is_streamed, read_images, sample_seed
 from ..errors import VitscopeError
 from ..models import Block, blocks
 from ..results import Result, config_dict
@@ -46,13 +46,16 @@ def feature_units(model: torch.nn.Module, spec: Mapping | None = None) -> list[B
 @dataclass
 class EvalData:
     """Test images an analysis streams over: uint8 ``(N, C, H, W)`` (a tensor, or a lazy
-    ``FolderImages`` of a streamed folder, decoded batch by batch), labels, normalisation."""
+    ``FolderImages`` of a streamed folder, decoded batch by batch), labels, normalisation,
+    and for an image folder the files the images come from (``FolderImages``, row for row;
+    the corruption analysis lines ImageNet-C up with them)."""
 
     images: torch.Tensor
     labels: torch.Tensor
     mean: tuple[float, ...]
     std: tuple[float, ...]
     name: str = ""
+    files: FolderImages | None = None
 
     @classmethod
     def from_image_data(cls, data: Any, limit: int | None = None) -> EvalData:
@@ -64,6 +67,7 @@ class EvalData:
             tuple(data.info.mean),
             tuple(data.info.std),
             data.info.name,
+            None if getattr(data, "files", None) is None else data.files[:n],
         )
 
     def __len__(self) -> int:

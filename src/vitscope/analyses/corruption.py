@@ -8,10 +8,18 @@ stated rule in between), so Fashion-MNIST-C, CIFAR-C-style and folder-C data nee
 Each (corruption, severity) draws from its own generator seeded by ``seed``: every model of a
 study sees the same corrupted images (a paired design), whatever rank computes the pair.
 
-With ``source`` naming a folder of the released CIFAR-10-C / CIFAR-100-C arrays
-(``<corruption>.npy``, 50000 x 32 x 32 x 3 uint8, severity ``s`` in rows
-``10000 (s - 1)`` to ``10000 s``, and ``labels.npy``), those images are used instead; their
-labels must equal the test set's.
+``source`` names released corrupted images to use instead, in either of the two layouts:
+
+- the CIFAR-10-C / CIFAR-100-C arrays (``<corruption>.npy``, 50000 x 32 x 32 x 3 uint8,
+  severity ``s`` in rows ``10000 (s - 1)`` to ``10000 s``, and ``labels.npy``); their labels
+  must equal the test set's;
+- an ImageNet-C folder (``<corruption>/<severity>/<class>/<file>``, the layout of the
+  ImageNet-C and Tiny-ImageNet-C releases; a group level ``<group>/<corruption>/...`` as the
+  tar files unpack is accepted too) for a folder dataset whose test split
+  (``val/<class>/<file>``) holds the clean originals under the same names: each test image
+  is matched by its class folder and file name, whatever the file's extension (the release
+  is JPEG, the originals may be anything). Its images are already centre-cropped, so they
+  are read at the test split's size without ``data.crop_pct``.
 
 Everything this analysis is (config, result keys, run, figures, the overlay, the claim rule)
 goes through the plug-in contract: this module, :mod:`vitscope.data.corruptions` (the ops) and
@@ -20,6 +28,7 @@ goes through the plug-in contract: this module, :mod:`vitscope.data.corruptions`
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,7 +39,7 @@ import torch
 
 from ..data.augment import normalize
 from ..data.corruptions import CORRUPTIONS, SEVERITIES, check, corrupt_uint8, seed_for
-from ..data.stream import read_images
+from ..data.stream import FolderImages, read_images
 from ..errors import ConfigError, VitscopeError
 from ..results import Result, config_dict
 from .base import EvalData, correct, eval_mode
@@ -48,7 +57,7 @@ class Config:
     num_images: int = 1000  # test images per (corruption, severity)
     batch_size: int = 200
     seed: int = 0  # the corruption noise (the same for every model)
-    source: str = ""  # a folder of released CIFAR-10/100-C .npy files; "": generate
+    source: str = ""  # released CIFAR-10/100-C .npy files or an ImageNet-C folder; "": generate
     baseline: str = ""  # a model name: the report's mCE divides by its errors (Hendrycks)
     device: str = "cpu"
 
@@ -68,6 +77,27 @@ def row(cfg: Config, name: str, severity: int) -> int:
     return 1 + cfg.corruptions.index(name) * len(cfg.severities) + cfg.severities.index(severity)
 
 
+def released(cfg: Config, data: EvalData) -> Released | ReleasedFolder:
+    """The released corrupted images in ``cfg.source``, in whichever layout it holds, checked
+    up front for every corruption and severity ``cfg`` names (before any is evaluated)."""
+    root, n = Path(cfg.source).expanduser(), data.count(cfg.num_images)
+    if not root.is_dir():
+        raise VitscopeError(f"corruption.source: no folder {root}")
+    if (root / "labels.npy").is_file():
+        out: Released | ReleasedFolder = Released(root, data, n)
+    elif ReleasedFolder.find(root, CORRUPTIONS, quiet=True):
+        out = ReleasedFolder(root, data, n)
+    else:
+        raise VitscopeError(
+            f"corruption.source: {root} holds neither labels.npy and <corruption>.npy (CIFAR-10/"
+            "100-C) nor <corruption>/<severity>/<class>/ folders (ImageNet-C)"
+        )
+    for name in cfg.corruptions:
+        for severity in cfg.severities:
+            out.check(name, severity)
+    return out
+
+
 class Released:
     """The released CIFAR-10-C / CIFAR-100-C arrays in ``folder``, memory-mapped (numpy
     ``.npy`` without pickles), checked against the test set they corrupt: its first ``n``
@@ -75,8 +105,6 @@ class Released:
 
     def __init__(self, folder: str | Path, data: EvalData, n: int):
         self.folder = Path(folder).expanduser()
-        if not self.folder.is_dir():
-            raise VitscopeError(f"corruption.source: no folder {self.folder}")
         self.n = n
         c, h, w = data.images.shape[1:]
         self.shape = (h, w, c)  # the release's layout: (5 N, H, W, C)
@@ -111,10 +139,91 @@ class Released:
             self._arrays[name] = a
         return self._arrays[name]
 
+    def check(self, name: str, severity: int) -> None:
+        self._array(name)
+
     def images(self, name: str, severity: int, start: int, end: int) -> torch.Tensor:
         a = self._array(name)
         first = (severity - 1) * (len(a) // 5)
         return torch.from_numpy(np.array(a[first + start : first + end])).permute(0, 3, 1, 2)
+
+
+class ReleasedFolder:
+    """An ImageNet-C folder ``<root>/<corruption>/<severity>/<class>/<file>`` matched to the
+    folder test split ``data.files`` by class folder and file stem, read lazily (a
+    :class:`~vitscope.data.stream.FolderImages` per corruption and severity, the test split's
+    size and decoder, no border cut). Each (corruption, severity) folder is listed and checked
+    once, when first read: a test image without its corrupted copy is an error."""
+
+    def __init__(self, root: Path, data: EvalData, n: int):
+        if data.files is None:
+            raise VitscopeError(
+                f"corruption.source: {root} is an ImageNet-C folder, which matches the test "
+                "images by file name; it needs a folder dataset (data.name=folder) whose "
+                f"val/<class>/<file> are the clean originals, not {data.name or 'this dataset'}"
+            )
+        self.root, self.n = root, n
+        self.files = data.files[:n]
+        self.size, self.decoder = self.files.size, self.files.decoder
+        self._views: dict[tuple[str, int], FolderImages] = {}
+
+    @staticmethod
+    def find(root: Path, names: Sequence[str], quiet: bool = False) -> dict[str, Path]:
+        """Where each corruption's folder is: ``root/<name>`` or ``root/<group>/<name>``."""
+        from ..data.corruptions import GROUPS
+
+        group_of = {c: g for g, members in GROUPS.items() for c in members}
+        found = {}
+        for name in names:
+            for where in (root / name, root / group_of.get(name, "") / name):
+                if where.is_dir():
+                    found[name] = where
+                    break
+            else:
+                if not quiet:
+                    raise VitscopeError(
+                        f"corruption.source: no folder {root / name} (nor "
+                        f"{root / group_of.get(name, '?') / name}); the ImageNet-C layout is "
+                        "<corruption>/<severity>/<class>/<file>"
+                    )
+        return found
+
+    def _view(self, name: str, severity: int) -> FolderImages:
+        if (name, severity) in self._views:
+            return self._views[(name, severity)]
+        where = self.find(self.root, [name])[name] / str(severity)
+        if not where.is_dir():
+            raise VitscopeError(f"corruption.source: no folder {where} (severity {severity})")
+        listed: dict[bytes, bytes] = {}  # b"<class>/<stem>" -> b"<class>/<file>"
+        for cls in sorted({os.path.dirname(f) for f in self.files.names}):
+            folder = where / os.fsdecode(cls)
+            try:
+                entries = os.listdir(folder)
+            except FileNotFoundError:
+                continue
+            except OSError as e:
+                raise VitscopeError(f"cannot list {folder}: {e.strerror}") from None
+            for f in entries:
+                name_b = os.fsencode(f)
+                listed[os.path.join(cls, os.path.splitext(name_b)[0])] = os.path.join(cls, name_b)
+        stems = [os.path.splitext(f)[0] for f in self.files.names]
+        missing = [f for f, stem in zip(self.files.names, stems) if stem not in listed]
+        if missing:
+            raise VitscopeError(
+                f"corruption.source: {where} lacks {len(missing)} of the {len(stems)} test "
+                f"images, e.g. {os.fsdecode(missing[0])}; it must hold a corrupted copy of "
+                "each, under the same <class>/<name>"
+            )
+        names = np.array([listed[stem] for stem in stems], dtype=bytes)
+        view = FolderImages(str(where), names, self.size, self.decoder, 1.0)
+        self._views[(name, severity)] = view
+        return view
+
+    def check(self, name: str, severity: int) -> None:
+        self._view(name, severity)
+
+    def images(self, name: str, severity: int, start: int, end: int) -> torch.Tensor:
+        return read_images(self._view(name, severity)[start:end])
 
 
 @torch.no_grad()
@@ -124,7 +233,7 @@ def corrupted_correct(
     cfg: Config,
     name: str | None,
     severity: int = 0,
-    released: Released | None = None,
+    released: Released | ReleasedFolder | None = None,
 ) -> np.ndarray:
     """Per test image, whether ``model`` classifies it right under ``name`` at ``severity``
     (``None``: clean)."""
@@ -163,12 +272,12 @@ def run(
     """
     if len(data) == 0:
         raise VitscopeError("corruption: no test images")
-    released = Released(cfg.source, data, data.count(cfg.num_images)) if cfg.source else None
+    source = released(cfg, data) if cfg.source else None
     items: list[tuple[str | None, int]] = [(None, 0)]
     items += [(c, s) for c in cfg.corruptions for s in cfg.severities]
     with eval_mode(model):
         hits = map_items(
-            range(len(items)), lambda k: corrupted_correct(model, data, cfg, *items[k], released)
+            range(len(items)), lambda k: corrupted_correct(model, data, cfg, *items[k], source)
         )
     table = np.stack([hits[k] for k in range(len(items))]).astype(np.uint8)
     acc = 100.0 * table.mean(axis=1)

@@ -32,7 +32,7 @@ import struct
 import tarfile
 import tempfile
 import zlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -71,11 +71,16 @@ class ImageData:
         images: uint8 ``(N, C, H, W)``.
         labels: int64 ``(N,)``.
         info: the dataset's :class:`DatasetInfo`.
+        files: for an image folder, the files the images come from (a lazy
+            :class:`~vitscope.data.stream.FolderImages`, the same object as ``images`` when
+            streamed): their names let other releases of the same images (ImageNet-C) line
+            up with them. None for array datasets.
     """
 
     images: torch.Tensor
     labels: torch.Tensor
     info: DatasetInfo
+    files: FolderImages | None = None
 
     def __post_init__(self) -> None:
         if self.images.dtype != torch.uint8 or self.images.ndim != 4:
@@ -95,11 +100,13 @@ class ImageData:
     def subset(self, indices) -> ImageData:
         """The images at ``indices`` (a tensor, array or list of ints), same info."""
         idx = torch.as_tensor(indices, dtype=torch.int64, device=self.labels.device)
-        return ImageData(self.images[idx.to(self.images.device)], self.labels[idx], self.info)
+        files = None if self.files is None else self.files[idx.cpu()]
+        return ImageData(self.images[idx.to(self.images.device)], self.labels[idx], self.info,
+                         files)  # fmt: skip
 
     def to(self, device: torch.device | str) -> ImageData:
         """A copy with images and labels on ``device`` (no-op if already there)."""
-        return ImageData(self.images.to(device), self.labels.to(device), self.info)
+        return ImageData(self.images.to(device), self.labels.to(device), self.info, self.files)
 
 
 @dataclass(frozen=True)
@@ -208,8 +215,7 @@ def load_dataset(
     if crop_pct != 1.0:
         raise ConfigError(f"data.crop_pct is for image folders; {name} has its own size (use 1)")
     data = src.load(**kw)
-    return data if stats is None else ImageData(data.images, data.labels,
-                                                _with_stats(data.info, stats))  # fmt: skip
+    return data if stats is None else replace(data, info=_with_stats(data.info, stats))
 
 
 def cache_dir() -> Path:
@@ -831,7 +837,11 @@ def _folder_split(
 ):
     """``(lazy images, labels, classes)`` of one split: file names only, nothing decoded.
     ``crop_pct`` applies to the test split's eval view only (timm's eval transform); the test
-    split takes ``classes`` (the train split's) or scans ``train/`` for them."""
+    split takes ``classes`` (the train split's) or scans ``train/`` for them.
+
+    The train split is in class order (training shuffles it). The test split interleaves
+    the classes (the first image of every class, then the second, ...), so the first ``n``
+    images an analysis reads cover the classes evenly rather than the first few of them."""
     split_dir = _split_dir(root, train)
     by_class = _scan(split_dir)
     if classes is None:
@@ -843,12 +853,26 @@ def _folder_split(
             f"{split_dir} has class folders not in {root / 'train'}: {', '.join(unknown)}"
         )
     names, labels = [], []
-    for c, files in by_class.items():
-        names += [os.fsencode(os.path.join(c, f)) for f in files]
-        labels += [classes.index(c)] * len(files)
+    for c, f in _class_order(by_class) if train else _interleaved(by_class):
+        names.append(os.fsencode(os.path.join(c, f)))
+        labels.append(classes.index(c))
     pct = 1.0 if train else crop_pct
     images = FolderImages(str(split_dir), np.array(names, dtype=bytes), size, decoder, pct)
     return images, torch.tensor(labels, dtype=torch.int64), classes
+
+
+def _class_order(by_class: dict[str, list[str]]) -> Iterator[tuple[str, str]]:
+    for c, files in by_class.items():
+        for f in files:
+            yield c, f
+
+
+def _interleaved(by_class: dict[str, list[str]]) -> Iterator[tuple[str, str]]:
+    """Round robin over the classes (in order), each class's files in order."""
+    for k in range(max(map(len, by_class.values()))):
+        for c, files in by_class.items():
+            if k < len(files):
+                yield c, files[k]
 
 
 def _stats_file(root: Path, size: int, decoder: str, images: FolderImages) -> Path:
@@ -923,11 +947,12 @@ def _load_folder(
     stream = loader == "stream" or (
         loader == "auto" and not fits_in_memory(len(train_images), size, memory_limit_gb)
     )
+    files = images
     if not stream:
         images = images.read()
     if stats is None:
         stats = _folder_stats(r, size, dec, images if train else train_images, streamed=stream)
-    return ImageData(images, labels, _folder_info(r, classes, size, stats))
+    return ImageData(images, labels, _folder_info(r, classes, size, stats), files)
 
 
 def _folder_dataset_info(
