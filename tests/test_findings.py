@@ -69,9 +69,14 @@ def test_one_seed_resamples_inside_the_runs_three_seeds_resample_seeds(planted, 
             if rule == "check_no_overfitting" or "ρ" in m.label:  # over every run of the dataset
                 assert (m.estimate.unit, m.estimate.n) == ("runs", 15)
                 continue
-            assert (m.estimate.unit, m.estimate.n, m.estimate.method) == ("seeds", 3, "t"), rule
+            per_seed = np.array(list(m.per_seed.values()))
             assert sorted(m.per_seed) == [0, 1, 2]
-            assert m.estimate.value == pytest.approx(np.mean(list(m.per_seed.values())))
+            if " / " in m.label:  # a ratio: averaged in logs
+                assert (m.estimate.unit, m.estimate.n, m.estimate.method) == ("seeds", 3, "log-t")
+                assert m.estimate.value == pytest.approx(np.exp(np.log(per_seed).mean()))
+                continue
+            assert (m.estimate.unit, m.estimate.n, m.estimate.method) == ("seeds", 3, "t"), rule
+            assert m.estimate.value == pytest.approx(per_seed.mean())
 
 
 def test_the_evidence_states_estimate_interval_n_and_unit(planted):
@@ -267,3 +272,25 @@ def test_a_run_without_a_train_seed_is_seed_0(tmp_path):
     (d / "config.yaml").write_text(yaml.safe_dump({"model": {"name": "resnet_tiny"}}))
     _, runs = load.load_runs([tmp_path])
     assert runs[0].seed == 0
+
+
+def test_a_ratio_over_seeds_is_averaged_in_logs_so_its_interval_stays_positive():
+    """Claim 7's ViT / ResNet eigenvalue ratio over three seeds: the t interval of the log
+    ratios mapped back (the arithmetic t interval of 0.2, 0.9, 3.0 would reach below 0)."""
+    from scipy import stats as sps
+
+    ratios = [0.2, 0.9, 3.0]
+    runs = []
+    for seed, ratio in enumerate(ratios):
+        runs.append(_run(f"v{seed}", "vit_tiny", seed=seed, eigenvalues=np.full((8, 4), ratio)))
+        runs.append(_run(f"r{seed}", "resnet_tiny", seed=seed, eigenvalues=np.ones((8, 4))))
+    f = C.check_flat_landscape(runs)
+    (m,) = f.measures
+    logs = np.log(ratios)
+    half = sps.t.ppf(0.975, 2) * logs.std(ddof=1) / math.sqrt(3)
+    assert m.estimate.value == pytest.approx(math.exp(logs.mean()))
+    assert m.estimate.low == pytest.approx(math.exp(logs.mean() - half)) and m.estimate.low > 0
+    assert m.estimate.high == pytest.approx(math.exp(logs.mean() + half))
+    assert np.mean(ratios) - sps.t.ppf(0.975, 2) * np.std(ratios, ddof=1) / math.sqrt(3) < 0
+    assert f.verdict == C.INCONCLUSIVE and m.per_seed == dict(enumerate(ratios))
+    assert m.estimate.method == "log-t" and "t (of the logs) interval" in m.text()

@@ -42,7 +42,8 @@ class Estimate:
         low, high: the interval (``-inf``/``inf`` where the data cannot bound it, e.g. n = 1).
         n: the number of resampling units behind it.
         unit: what was resampled (``seeds``, ``test images``, ``mini-batches``, ``units``).
-        method: how the interval was made (``t``, ``wilson``, ``bootstrap``, ``fisher-z``).
+        method: how the interval was made (``t``, ``log-t``: t of the logs mapped back,
+            ``wilson``, ``bootstrap``, ``fisher-z``).
         level: the coverage the interval aims at.
     """
 

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Hashable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -124,7 +124,8 @@ class Measure:
         """``label = value [low, high] (95% t interval, n = 3 seeds; claim: > 0) → verdict``."""
         e = self.estimate
         rel = ">" if self.side == "greater" else "<"
-        how = {"t": "t", "bootstrap": "bootstrap", "fisher-z": "Fisher z"}.get(e.method, e.method)
+        how = {"t": "t", "log-t": "t (of the logs)", "bootstrap": "bootstrap",
+               "fisher-z": "Fisher z"}.get(e.method, e.method)  # fmt: skip
         null = format(self.null, self.fmt.lstrip("+"))
         return (
             f"{self.label} = {self.interval_text()} ({e.level:.0%} {how} interval, n = {e.n} "
@@ -255,6 +256,7 @@ def measure(
     side: str = "greater",
     fmt: str = "+.3g",
     context: Callable[[Sequence[StudyRun]], str] | None = None,
+    log: bool = False,
 ) -> Measure | None:
     """``effect`` estimated over ``runs`` (see the module doc); None where it is undefined.
 
@@ -264,6 +266,9 @@ def measure(
         label, null, side, fmt: of the :class:`Measure`.
         unit: what a one-seed bootstrap resamples (``test images``, ``mini-batches``).
         context: the raw numbers of the seed(s) behind the estimate, for the evidence.
+        log: the effect is a positive ratio: over seeds, the t interval is taken of its log
+            and mapped back (a geometric mean, an interval that stays above 0); the one-seed
+            percentile bootstrap is the same either way.
     """
     groups = by_seed(runs)
     probes = {s: Resample() for s in groups}  # the point estimates; they record the n
@@ -274,7 +279,12 @@ def measure(
     used = [r for s in values for r in groups[s]]
     ctx = context(used) if context else ""
     if len(values) >= 2:
-        est = mean_interval(list(values.values()), level=LEVEL, unit="seeds")
+        if log and all(v > 0 for v in values.values()):
+            e = mean_interval([math.log(v) for v in values.values()], level=LEVEL, unit="seeds")
+            est = replace(e, value=math.exp(e.value), low=math.exp(e.low),
+                          high=math.exp(e.high), method="log-t")  # fmt: skip
+        else:
+            est = mean_interval(list(values.values()), level=LEVEL, unit="seeds")
         return Measure(label, est, null, side, fmt, values, context=ctx)
     ((s, value),) = values.items()
     est, note = _bootstrap(groups[s], effect, value, unit, probes[s].sizes)

@@ -170,7 +170,7 @@ def _ratio_measure(
     at = [r for r in runs if r.key == key and analysis in r.results]
     return measure(
         at, ratio, label=label, unit="mini-batches", null=1.0, side="less", fmt=".3g",
-        context=context,
+        context=context, log=True,
     )  # fmt: skip
 
 
@@ -184,7 +184,8 @@ def check_flat_landscape(runs: Sequence[StudyRun]) -> Finding:
         "(b) the ratio of the mean largest Hessian eigenvalue. Null 1; the claim: < 1. Holds "
         "when every interval lies below 1, does not hold when every one lies above, else "
         "inconclusive; a rise or eigenvalue ≤ 0 leaves the ratio undefined. Interval: t over "
-        "seeds, or (one seed) a bootstrap over the mini-batches. Paper: Fig 1a, Fig 1c "
+        "seeds of the log ratio (the estimate is the seeds' geometric mean), or (one seed) a "
+        "bootstrap over the mini-batches. Paper: Fig 1a, Fig 1c "
         "(docs/methods/landscape.md; docs/methods/hessian.md)."
     )
     lkeys, why_l = family_keys(runs, ("ViT", "ResNet"), "landscape")
