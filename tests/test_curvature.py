@@ -23,6 +23,7 @@ from vitscope.curvature import (
     flatten,
     hutchinson_trace,
     lanczos,
+    lanczos_steps,
     power_iteration,
     slq_density,
     unflatten,
@@ -430,3 +431,24 @@ def test_dense_hessian_of_quadratic():
     a = matrix_with_spectrum(SPECTRA["small_gaussian"][:10])
     theta = torch.randn(10, dtype=F64)
     torch.testing.assert_close(dense_hessian(lambda t: 0.5 * t @ a @ t, theta), a)
+
+
+def test_the_lanczos_basis_grows_with_the_steps_taken_not_max_iter():
+    """The basis is allocated a chunk at a time: after m steps ceil(m / CHUNK) chunks exist,
+    and its rows stay orthonormal across chunk boundaries."""
+    from vitscope.curvature.lanczos import KrylovBasis
+
+    g = torch.Generator().manual_seed(0)
+    a = torch.randn(300, 300, dtype=torch.float64, generator=g)
+    a = a + a.T
+    q0 = torch.randn(300, dtype=torch.float64, generator=g)
+    steps = 0
+    for _, _, basis in lanczos_steps(lambda v: a @ v, q0, 19):
+        steps += 1
+        assert len(basis) == steps
+        assert len(basis._chunks) == math.ceil(steps / KrylovBasis.CHUNK)
+    q = basis.rows()
+    assert q.shape == (19, 300)
+    assert torch.allclose(q @ q.T, torch.eye(19, dtype=torch.float64), atol=1e-12)
+    c = torch.randn(19, 3, dtype=torch.float64, generator=g)
+    assert torch.allclose(basis.combine(c), q.T @ c) and torch.allclose(basis.project(q0), q @ q0)

@@ -71,8 +71,8 @@ class Config:
     density of 2 x 40, one 30-probe trace): 100 s for ``vitscope analyze RUN --only
     hessian``. The paper took the top 5 of every mini-batch of (a fraction of) the training
     set, batch size 16 [UNVERIFIED]: raise ``batches`` on a GPU. Lanczos keeps its whole
-    basis, ``max_iter x num_params`` numbers, preallocated.
-    """
+    basis, allocated 8 vectors at a time as it grows (``m x num_params`` numbers after ``m``
+    products, rounded up to 8)."""
 
     batches: int = 4  # mini-batches, each with its own Hessian (indices 0 .. batches-1)
     batch_size: int = 64  # images per mini-batch
