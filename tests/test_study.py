@@ -69,6 +69,34 @@ def test_reproduce_end_to_end_then_resume_then_force(folder_data, tmp_path):
     forced: list[str] = []
     reproduce(study, out, force=["variance"], log=forced.append)
     assert sum("exists, skipped" in line for line in forced) == 2 * (len(study.analyses) - 1)
+    # each call ends with where its time went: every analysis of every run the first time,
+    # only the forced one the last time ("-": done by an earlier call)
+    (table,) = [line for line in log if line.startswith("time (s) of this call")]
+    head, *rows = table.splitlines()[1:]
+    assert head.split()[:3] == ["run", "train", "load"] and len(head.split()) == 3 + len(
+        study.analyses
+    )
+    assert [r.split()[0] for r in rows] == ["resnet_tiny-f1", "vit_tiny-f1", "report"]
+    assert all(cell != "-" for r in rows[:2] for cell in r.split()[1:])
+    (last,) = [line for line in forced if line.startswith("time (s) of this call")]
+    cols = last.splitlines()[1].split()
+    assert cols == ["run", "train", "load", "variance"]
+
+
+def test_the_time_table_of_a_reproduce_call():
+    from vitscope.study import time_table
+
+    times = {"a-f1": {"train": 12.04, "load": 1.0, "fourier": 3.0},
+             "b-f1": {"train": 0.01, "load": 1.0, "variance": 2.5},
+             "buildup": {"buildup": 30.0}, "report": {"report": 0.25}}  # fmt: skip
+    assert time_table(times, 50.0).splitlines() == [
+        "time (s) of this call, 50 s in all:",
+        "run          train       load    fourier   variance",
+        "a-f1          12.0        1.0        3.0          -",
+        "b-f1           0.0        1.0          -        2.5",
+        "buildup       30.0",
+        "report         0.2",
+    ]
 
 
 def test_reproduce_refuses_a_different_study_in_the_same_folder(folder_data, tmp_path):

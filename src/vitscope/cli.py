@@ -353,6 +353,15 @@ def _cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _threads_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--threads",
+        metavar="N",
+        help="CPU threads (default: the cores this process may use; $VITSCOPE_THREADS; "
+        "an OMP_NUM_THREADS you set is kept)",
+    )
+
+
 def _add_list(sub) -> None:
     p = sub.add_parser("list", help="list models, datasets, presets, studies or analyses")
     p.add_argument("what", choices=["models", "datasets", "presets", "studies", "analyses"])
@@ -392,6 +401,7 @@ def _add_train(sub) -> None:
         "--out", help="run directory to create (or continue, if it holds the same config)"
     )
     p.add_argument("--resume", metavar="DIR", help="continue the run in DIR with its saved config")
+    _threads_flag(p)
     p.set_defaults(func=_cmd_train)
 
 
@@ -433,6 +443,7 @@ def _add_analyze(sub) -> None:
                    "analyses use (default: cpu)")  # fmt: skip
     p.add_argument("--out", help="run directory for a --timm/--torchvision/--hf/--model-file model")
     _plugin_flag(p)
+    _threads_flag(p)
     p.set_defaults(func=_cmd_analyze)
 
 
@@ -506,6 +517,7 @@ def _add_buildup(sub) -> None:
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="any config field")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument("--out", required=True, help="search directory (re-running resumes it)")
+    _threads_flag(p)
     p.set_defaults(func=_cmd_buildup)
 
 
@@ -527,6 +539,7 @@ def _add_reproduce(sub) -> None:
         help="training seeds, one run per model, fraction and seed (default: the study's)",
     )
     _plugin_flag(p)
+    _threads_flag(p)
     p.set_defaults(func=_cmd_reproduce)
 
 
@@ -549,6 +562,7 @@ def _add_evaluate(sub) -> None:
         help="best (default), last, init, warmup, epochN or a .pt path",
     )
     p.add_argument("--device", default="cpu")
+    _threads_flag(p)
     p.set_defaults(func=_cmd_evaluate)
 
 
@@ -580,6 +594,9 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     handler: Callable[[argparse.Namespace], int] = args.func
     try:
+        from .threads import configure, parse_threads
+
+        configure(parse_threads(getattr(args, "threads", None)))  # before torch loads
         return handler(args)
     except VitscopeError as e:
         rank = os.environ.get("RANK", "0")  # torchrun: every rank says it, rank 0 plainly

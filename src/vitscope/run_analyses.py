@@ -11,6 +11,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import sys
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import fields, replace
 from pathlib import Path
@@ -79,6 +80,7 @@ def analyze_model(
     meta: dict | None = None,
     train_data: TrainData | None = None,
     log: Callable[[str], None] = print,
+    timings: dict[str, float] | None = None,
 ) -> dict[str, Path]:
     """Run analyses on any model and save results + figures under ``out_dir``.
 
@@ -97,6 +99,8 @@ def analyze_model(
         force: recompute results that already exist (all, or the named analyses).
         meta: extra context stored with each result (model name, checkpoint, ...).
         log: where progress lines go.
+        timings: if given, receives the seconds each analysis computed here took (with its
+            figures); skipped ones are not entered.
 
     Under torchrun every rank calls this with the same arguments: the analyses shard their
     work over the ranks, and rank 0 alone writes results and figures and logs.
@@ -132,6 +136,7 @@ def analyze_model(
         if analysis.split == "train" and train_data is None:
             raise VitscopeError(f"{name} needs training data: run it on a run directory")
         inputs = train_data if analysis.split == "train" else data
+        t0 = time.perf_counter()
         result = analysis.execute(model, inputs, configs[name], workdir=rd.results, blocks=spec)
         if main:
             figs = save_result(analysis, result, rd, meta)
@@ -139,6 +144,8 @@ def analyze_model(
             log(f"{name}: {path}{figures}")
         dist_utils.barrier()  # the result is on disk before any rank goes on
         done[name] = path
+        if timings is not None:
+            timings[name] = time.perf_counter() - t0
     return done
 
 
@@ -248,8 +255,10 @@ def analyze(
     sets: Sequence[str] = (),
     force: bool | Sequence[str] = False,
     log: Callable[[str], None] = print,
+    timings: dict[str, float] | None = None,
 ) -> dict[str, Path]:
-    """Analyse a trained run on its own data (see :func:`analyze_model`).
+    """Analyse a trained run on its own data (see :func:`analyze_model`; ``timings`` also
+    receives ``load``, the seconds spent loading checkpoints and data).
 
     Each analysis runs on ``checkpoint`` if given, else on its declared
     ``default_checkpoint`` (``best`` for most; ``warmup`` for the Hessian, as in the paper),
@@ -281,11 +290,14 @@ def analyze(
     done: dict[str, Path] = {}
     test_data = train_data = None
     for ckpt, group in _checkpoints(rd, names, checkpoint).items():
+        t0 = time.perf_counter()
         model, cfg = load_model(run_dir, ckpt, device=device)
         if test_data is None:
             test_data = test_data_of(load_split(cfg, train=False), cfg, names, sets, device)
         if train_data is None and any(get_analysis(n).split == "train" for n in group):
             train_data = train_data_of(cfg)
+        if timings is not None:
+            timings["load"] = timings.get("load", 0.0) + time.perf_counter() - t0
         done.update(
             analyze_model(
                 model,
@@ -298,6 +310,7 @@ def analyze(
                 force=force,
                 meta=run_meta(cfg, run_dir, ckpt),
                 log=log,
+                timings=timings,
             )
         )
     return {n: done[n] for n in names}

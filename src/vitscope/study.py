@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -312,7 +313,7 @@ def _claim_folder(study: StudyConfig, root: Path, main: bool) -> None:
         atomic_write_text(saved, dump_yaml(study))
 
 
-def _train_all(runs: dict, force: Sequence[str], main: bool, log: Callable) -> None:
+def _train_all(runs: dict, force: Sequence[str], main: bool, log: Callable, times: dict) -> None:
     from .train import train
 
     for i, (run_dir, (cfg, _)) in enumerate(runs.items(), 1):
@@ -320,15 +321,40 @@ def _train_all(runs: dict, force: Sequence[str], main: bool, log: Callable) -> N
             shutil.rmtree(run_dir)
         dist_utils.barrier()
         log(f"[{i}/{len(runs)}] train {run_dir.parent.name}/{run_dir.name}")
+        t0 = time.perf_counter()
         train(cfg, run_dir)
+        times.setdefault(run_dir.name, {})["train"] = time.perf_counter() - t0
 
 
-def _analyze_all(study, runs: dict, force: Sequence[str], device: str | None, log) -> None:
+def _analyze_all(
+    study, runs: dict, force: Sequence[str], device: str | None, log, times: dict
+) -> None:
     redo = True if "analyze" in force else [a for a in study.analyses if a in force]
     for i, (run_dir, (_, names)) in enumerate(runs.items(), 1):
         log(f"[{i}/{len(runs)}] analyze {run_dir.parent.name}/{run_dir.name}")
         sets = study.analysis_sets()
-        analyze(run_dir, only=names, sets=sets, device=device or "cpu", force=redo, log=log)
+        analyze(run_dir, only=names, sets=sets, device=device or "cpu", force=redo, log=log,
+                timings=times.setdefault(run_dir.name, {}))  # fmt: skip
+
+
+def time_table(times: dict[str, dict[str, float]], total: float) -> str:
+    """Where a ``reproduce`` call's time went: per run its training and each analysis (a
+    step done by an earlier call shows as ``-``), then the build-up and the report."""
+    steps = ["train", "load"] + sorted(
+        {k for t in times.values() for k in t} - {"train", "load", "buildup", "report"}
+    )
+    steps = [s for s in steps if any(s in t for t in times.values())]
+    rows = {k: v for k, v in times.items() if k not in ("buildup", "report")}
+    width = max([len("run"), *map(len, times)])
+    lines = [f"time (s) of this call, {total:.0f} s in all:",
+             " ".join([f"{'run':{width}s}", *(f"{s:>10.10s}" for s in steps)])]  # fmt: skip
+    for run, t in rows.items():
+        cells = [f"{t[s]:10.1f}" if s in t else f"{'-':>10s}" for s in steps]
+        lines.append(" ".join([f"{run:{width}s}", *cells]))
+    for step in ("buildup", "report"):
+        if step in times:
+            lines.append(f"{step:{width}s} {times[step][step]:10.1f}")
+    return "\n".join(lines)
 
 
 def _buildup(study, root: Path, force, device: str | None, main: bool, log: Callable) -> None:
@@ -383,14 +409,21 @@ def reproduce(
             f"--force {bad[0]!r}: valid steps are {', '.join(STEPS + tuple(analyses()))}"
         )
     root = Path(out)
+    start = time.perf_counter()
+    times: dict[str, dict[str, float]] = {}
     runs = _runs(study, root, device)
     _claim_folder(study, root, main)
-    _train_all(runs, force, main, log)
+    _train_all(runs, force, main, log, times)
     if study.analyses:
-        _analyze_all(study, runs, force, device, log)
+        _analyze_all(study, runs, force, device, log, times)
     if study.buildup:
+        t0 = time.perf_counter()
         _buildup(study, root, force, device, main, log)
+        times["buildup"] = {"buildup": time.perf_counter() - t0}
+    t0 = time.perf_counter()
     report = build_report([root]) if main else root / "report.html"
+    times["report"] = {"report": time.perf_counter() - t0}
     dist_utils.barrier()
+    log(time_table(times, time.perf_counter() - start))
     log(f"report: {report}")
     return report

@@ -105,6 +105,8 @@ def _fetch(url: str, part: Path, done: int, *, timeout: float, progress: bool) -
     """Append the bytes after ``done`` to ``part``; restart at 0 if the server sends all."""
     from tqdm.auto import tqdm
 
+    from ..progress import bar_disable
+
     headers = {"User-Agent": "vitscope"}
     if done:
         headers["Range"] = f"bytes={done}-"
@@ -125,7 +127,7 @@ def _fetch(url: str, part: Path, done: int, *, timeout: float, progress: bool) -
                 unit_scale=True,
                 unit_divisor=1024,
                 desc=part.name[: -len(".part")],
-                disable=not progress,
+                disable=bar_disable(progress),
                 leave=False,
             ) as bar,
         ):

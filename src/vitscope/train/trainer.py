@@ -34,6 +34,7 @@ from ..io import (
 )
 from ..models import create_model, model_family
 from ..models.layers import use_fused_attention
+from ..progress import bar_disable
 from .checkpoint import gather_rng_states, load_checkpoint, restore_rng_states, save_checkpoint
 from .loop import evaluate, train_one_epoch
 
@@ -393,7 +394,7 @@ def _epoch(cfg: RunConfig, model, forward, optimizer, augment, data: dict, info,
     bar = tqdm(
         total=len(data["labels"]),
         unit="img",
-        disable=not (t.progress and distributed.is_main()),
+        disable=bar_disable(t.progress and distributed.is_main()),
         leave=False,
         desc=f"{cfg.model.name} epoch {epoch + 1}/{t.total_epochs}",
     )
