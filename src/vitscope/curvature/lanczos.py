@@ -226,6 +226,7 @@ def lanczos(
     device: torch.device | str | None = None,
     which: str = "LM",
     return_vectors: bool = False,
+    v0: Tensor | None = None,
 ) -> LanczosResult:
     """The ``k`` extreme eigenvalues of a symmetric operator by Lanczos.
 
@@ -253,13 +254,20 @@ def lanczos(
         ``"LA"`` largest
             algebraic, ``"SA"`` smallest algebraic.
         return_vectors: also return the Ritz vectors of the wanted values.
+        v0: the start vector (any nonzero scale) instead of the seeded Gaussian one, e.g.
+            a warm start from a nearby operator's Ritz vectors.
     """
     _check_args(k, max_iter, tol, which)
     matvec, dim, dtype, device = _resolve_operator(matvec, dim, dtype, device)
     max_steps = min(max_iter, dim)
     floor = torch.finfo(dtype).eps ** 0.5
     converged = False
-    q0 = _start_vector(dim, seed, dtype, device)
+    if v0 is None:
+        q0 = _start_vector(dim, seed, dtype, device)
+    else:
+        q0 = v0.reshape(-1).to(dtype=dtype, device=device)
+        if q0.numel() != dim or not bool(torch.isfinite(q0).all()) or float(q0.norm()) == 0:
+            raise ConfigError(f"v0 must be a finite nonzero vector of length {dim}")
     for state in lanczos_steps(matvec, q0, max_steps):
         alpha, beta, basis = state
         theta, s, res = tridiagonal_eigh(alpha, beta)
