@@ -80,7 +80,7 @@ def parse_threads(value: str | int | None, where: str = "--threads") -> int | No
     try:
         n = int(value)
     except (TypeError, ValueError):
-        raise ConfigError(f"{where} must be a positive integer or auto, got {value!r}") from None
+        n = 0
     if n < 1:
         raise ConfigError(f"{where} must be a positive integer or auto, got {value!r}")
     return n

@@ -38,7 +38,7 @@ import numpy as np
 import torch
 
 from ..data.augment import normalize
-from ..data.corruptions import CORRUPTIONS, SEVERITIES, check, corrupt_uint8, seed_for
+from ..data.corruptions import CORRUPTIONS, GROUPS, SEVERITIES, check, corrupt_uint8, seed_for
 from ..data.stream import FolderImages, read_images
 from ..errors import ConfigError, VitscopeError
 from ..results import Result, config_dict
@@ -85,7 +85,7 @@ def released(cfg: Config, data: EvalData) -> Released | ReleasedFolder:
         raise VitscopeError(f"corruption.source: no folder {root}")
     if (root / "labels.npy").is_file():
         out: Released | ReleasedFolder = Released(root, data, n)
-    elif ReleasedFolder.find(root, CORRUPTIONS, quiet=True):
+    elif any(ReleasedFolder.folder_of(root, c) for c in CORRUPTIONS):
         out = ReleasedFolder(root, data, n)
     else:
         raise VitscopeError(
@@ -153,7 +153,8 @@ class ReleasedFolder:
     folder test split ``data.files`` by class folder and file stem, read lazily (a
     :class:`~vitscope.data.stream.FolderImages` per corruption and severity, the test split's
     size and decoder, no border cut). Each (corruption, severity) folder is listed and checked
-    once, when first read: a test image without its corrupted copy is an error."""
+    once (:func:`released` checks them all up front): a test image without its corrupted copy
+    is an error."""
 
     def __init__(self, root: Path, data: EvalData, n: int):
         if data.files is None:
@@ -162,36 +163,32 @@ class ReleasedFolder:
                 "images by file name; it needs a folder dataset (data.name=folder) whose "
                 f"val/<class>/<file> are the clean originals, not {data.name or 'this dataset'}"
             )
-        self.root, self.n = root, n
+        self.root = root
         self.files = data.files[:n]
         self.size, self.decoder = self.files.size, self.files.decoder
         self._views: dict[tuple[str, int], FolderImages] = {}
 
     @staticmethod
-    def find(root: Path, names: Sequence[str], quiet: bool = False) -> dict[str, Path]:
-        """Where each corruption's folder is: ``root/<name>`` or ``root/<group>/<name>``."""
-        from ..data.corruptions import GROUPS
+    def places(root: Path, name: str) -> tuple[Path, Path]:
+        """Where a corruption's folder may be: ``root/<name>``, ``root/<group>/<name>``."""
+        group = next(g for g, members in GROUPS.items() if name in members)
+        return root / name, root / group / name
 
-        group_of = {c: g for g, members in GROUPS.items() for c in members}
-        found = {}
-        for name in names:
-            for where in (root / name, root / group_of.get(name, "") / name):
-                if where.is_dir():
-                    found[name] = where
-                    break
-            else:
-                if not quiet:
-                    raise VitscopeError(
-                        f"corruption.source: no folder {root / name} (nor "
-                        f"{root / group_of.get(name, '?') / name}); the ImageNet-C layout is "
-                        "<corruption>/<severity>/<class>/<file>"
-                    )
-        return found
+    @staticmethod
+    def folder_of(root: Path, name: str) -> Path | None:
+        return next((p for p in ReleasedFolder.places(root, name) if p.is_dir()), None)
 
     def _view(self, name: str, severity: int) -> FolderImages:
         if (name, severity) in self._views:
             return self._views[(name, severity)]
-        where = self.find(self.root, [name])[name] / str(severity)
+        top = self.folder_of(self.root, name)
+        if top is None:
+            plain, grouped = self.places(self.root, name)
+            raise VitscopeError(
+                f"corruption.source: no folder {plain} (nor {grouped}); the ImageNet-C layout "
+                "is <corruption>/<severity>/<class>/<file>"
+            )
+        where = top / str(severity)
         if not where.is_dir():
             raise VitscopeError(f"corruption.source: no folder {where} (severity {severity})")
         listed: dict[bytes, bytes] = {}  # b"<class>/<stem>" -> b"<class>/<file>"

@@ -242,11 +242,11 @@ WARM_NOISE = 0.1
 def warm_vector(start: torch.Tensor, seed: int) -> torch.Tensor:
     """The start vector of a warm-started batch: the normalised sum of ``start``'s columns
     (the pilot's Ritz vectors) plus :data:`WARM_NOISE` times a seeded random unit vector."""
-    g = torch.Generator().manual_seed(seed)
-    noise = torch.randn(start.shape[0], generator=g, dtype=torch.float64)
-    base = start.double().cpu().sum(1)
+    g = torch.Generator().manual_seed(seed)  # drawn on the CPU: the same on every device
+    noise = torch.randn(start.shape[0], generator=g, dtype=torch.float64).to(start.device)
+    base = start.sum(1, dtype=torch.float64)
     v = base / base.norm() + WARM_NOISE * noise / noise.norm()
-    return v.to(dtype=start.dtype, device=start.device)
+    return v.to(start.dtype)
 
 
 def analyze_batch(

@@ -853,18 +853,13 @@ def _folder_split(
             f"{split_dir} has class folders not in {root / 'train'}: {', '.join(unknown)}"
         )
     names, labels = [], []
-    for c, f in _class_order(by_class) if train else _interleaved(by_class):
+    in_class_order = ((c, f) for c, files in by_class.items() for f in files)
+    for c, f in in_class_order if train else _interleaved(by_class):
         names.append(os.fsencode(os.path.join(c, f)))
         labels.append(classes.index(c))
     pct = 1.0 if train else crop_pct
     images = FolderImages(str(split_dir), np.array(names, dtype=bytes), size, decoder, pct)
     return images, torch.tensor(labels, dtype=torch.int64), classes
-
-
-def _class_order(by_class: dict[str, list[str]]) -> Iterator[tuple[str, str]]:
-    for c, files in by_class.items():
-        for f in files:
-            yield c, f
 
 
 def _interleaved(by_class: dict[str, list[str]]) -> Iterator[tuple[str, str]]:

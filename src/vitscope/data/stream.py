@@ -42,18 +42,11 @@ import torch
 
 from ..config import DECODERS
 from ..errors import ConfigError, DatasetError
+from ..threads import available_cores
 from .augment import rrc_box
 from .download import _oneline
 
 TV_DEPRECATION = "The image decoding and encoding capabilities of TorchVision are deprecated"
-
-
-def available_cores() -> int:
-    """Cores this process may run on (``sched_getaffinity``: a cgroup/taskset limit counts)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
 
 
 def default_workers() -> int:
