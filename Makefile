@@ -72,8 +72,11 @@ test: dev tv data browser
 	VITSCOPE_REQUIRE_EXTRAS=timm,torchvision $(TV_BIN)/python -m pytest -m tv \
 		-p no:cacheprovider
 
-bench: setup
-	$(BIN)/python benchmarks/train_throughput.py
+# Every CPU benchmark, one after another, and one table of ratios (benchmarks/bench_all.py).
+# PyHessian 0.1 is the reference of one of them; --no-deps keeps torch as it is.
+bench: data
+	$(BIN)/python -c 'import pyhessian' 2>/dev/null || $(BIN)/pip install -q --no-deps pyhessian==0.1
+	$(BIN)/python benchmarks/bench_all.py
 
 lint: dev
 	$(BIN)/ruff check src tests benchmarks

@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
 import time
 from contextlib import nullcontext
@@ -47,13 +46,10 @@ from vitscope.models import create_model
 from vitscope.models.layers import use_fused_attention
 from vitscope.train.loop import train_one_epoch
 
+from _timing import median_time, sync
+
 MEAN, STD = (0.507, 0.487, 0.441), (0.267, 0.256, 0.276)
 OPTIONS = ("fp32", "bf16", "bf16+cl", "bf16+cl+sdpa", "bf16+cl+sdpa+compile")
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def make_images(n: int, size: int, classes: int, device: torch.device):
@@ -94,17 +90,6 @@ def train_speed(name: str, option: str, args, device: torch.device) -> float:
                                 generator=torch.Generator().manual_seed(2), **kw)  # fmt: skip
         sync(device)
     return stats["images"] / stats["seconds"]
-
-
-def median_time(fn, device: torch.device, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        sync(device)
-        t0 = time.perf_counter()
-        fn()
-        sync(device)
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
 
 
 def hvp_cost(name: str, args, device: torch.device) -> dict:

@@ -40,6 +40,8 @@ from vitscope.data import BatchAugment
 from vitscope.data.augment import soft_cross_entropy
 from vitscope.models import create_model
 
+from _table import row, write
+
 TOP_N, MAX_ITER, TOL = 5, 100, 1e-3
 
 
@@ -168,6 +170,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--models", default="resnet_tiny,vit_tiny")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--threads", type=int, default=1, help="torch threads (0: torch's default)")
+    p.add_argument("--json", help="also write the table's rows here (benchmarks/bench_all.py)")
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -176,6 +179,18 @@ def main(argv: list[str] | None = None) -> None:
     warnings.filterwarnings("ignore", message="Using backward\\(\\) with create_graph=True")
     rows = [bench(name, args.batch_size, module) for name in args.models.split(",")]
     report(rows, args.batch_size)
+    table = []
+    for r in rows:
+        ours, theirs, ref = r["vitscope"], r["pyhessian"], r["ref"]["eigs"]
+        e_ours, e_theirs = errors(ours["eigs"], ref)[0], errors(theirs["eigs"], ref)[0]
+        err = f"max rel. err {e_ours:.0e} vs {e_theirs:.0e}"
+        table.append(row("Hessian top-5 HVPs, PyHessian / vitscope", r["model"],
+                         theirs["hvps"] / ours["hvps"], 5.0,
+                         detail=f"{theirs['hvps']} vs {ours['hvps']}; {err}"))  # fmt: skip
+        table.append(row("Hessian top-5 time, PyHessian / vitscope", r["model"],
+                         theirs["seconds"] / ours["seconds"], None,
+                         detail=f"{theirs['seconds']:.1f} vs {ours['seconds']:.1f} s"))  # fmt: skip
+    write(args.json, table)
 
 
 if __name__ == "__main__":

@@ -30,6 +30,8 @@ from vitscope.config import resolve
 from vitscope.run_analyses import train_data_of
 from vitscope.train import load_model, train
 
+from _table import row, write
+
 
 def trained(model: str, out: Path):
     run = out / model
@@ -60,6 +62,7 @@ def main() -> None:
     ap.add_argument("--out", default="/tmp/vitscope-bench-warm")
     ap.add_argument("--noise", type=float, default=hessian.WARM_NOISE,
                     help="weight of the random vector in the warm start")  # fmt: skip
+    ap.add_argument("--json", help="also write the table's rows here (benchmarks/bench_all.py)")
     args = ap.parse_args()
     hessian.WARM_NOISE = args.noise
     torch.set_num_threads(1)
@@ -69,6 +72,7 @@ def main() -> None:
           f"HVPs per batch over batches 1.., warm noise {args.noise:g}")  # fmt: skip
     print(f"{'model':13s} {'cold HVPs':>9s} {'warm HVPs':>9s} {'cold/warm':>9s} "
           f"{'cold err':>9s} {'warm err':>9s}")  # fmt: skip
+    rows = []
     for name in args.models.split(","):
         model, data = trained(name, Path(args.out))
         cold = hessian.run(model, data, cfg)
@@ -78,6 +82,10 @@ def main() -> None:
         w = np.mean(warm.values["num_matvecs"][1:])
         print(f"{name:13s} {c:9.1f} {w:9.1f} {c / w:9.2f} {errors(cold, ref):9.1e} "
               f"{errors(warm, ref):9.1e}")  # fmt: skip
+        rows.append(row("Lanczos HVPs/batch, cold / warm", name, c / w, 1.5,
+                        detail=f"{c:.1f} vs {w:.1f}; errors {errors(cold, ref):.0e} / "
+                        f"{errors(warm, ref):.0e}"))  # fmt: skip
+    write(args.json, rows)
 
 
 if __name__ == "__main__":

@@ -20,10 +20,8 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import tempfile
 import time
 from dataclasses import replace
-from pathlib import Path
 
 import torch
 
@@ -31,6 +29,8 @@ from vitscope.analyses import landscape
 from vitscope.analyses.base import TrainData
 from vitscope.data import BatchAugment
 from vitscope.models import create_model
+
+from _table import row, write
 
 
 def make_data(n: int) -> TrainData:
@@ -73,9 +73,8 @@ def bench_model(name: str, data: TrainData, cfg: landscape.Config, rounds: int) 
         for k, fn in runs.items():
             times[k].append(timed(fn))
     landscape.restore(model, theta0)
-    with tempfile.TemporaryDirectory() as d:
-        grid = replace(cfg, num_points=3)
-        wall = timed(lambda: landscape.run(model, data, grid, workdir=Path(d)))
+    grid = replace(cfg, num_points=3)  # no store: nothing is saved or resumed
+    wall = timed(lambda: landscape.run(model, data, grid))
     med = {k: statistics.median(v) for k, v in times.items()}
     return {**med, "run/pt": wall / 9, "ratio": med["point"] / med["forward"]}
 
@@ -87,6 +86,7 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=128)
     ap.add_argument("--rounds", type=int, default=7)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--json", help="also write the table's rows here (benchmarks/bench_all.py)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     cfg = landscape.Config(batches=args.batches, batch_size=args.batch_size)
@@ -96,12 +96,17 @@ def main() -> None:
         f"{args.batch_size} images (1x28x28), median of {args.rounds} rounds"
     )
     print(f"{'model':<14}{'forward s':>11}{'point s':>10}{'ratio':>8}{'run/pt s':>10}")
+    rows = []
     for name in args.models.split(","):
         r = bench_model(name.strip(), data, cfg, args.rounds)
         print(
             f"{name:<14}{r['forward']:>11.4f}{r['point']:>10.4f}{r['ratio']:>7.3f}x"
             f"{r['run/pt']:>10.4f}"
         )
+        rows.append(row("landscape point / bare forward", name, r["ratio"], 1.2, "lower",
+                        f"{r['point']:.3f} vs {r['forward']:.3f} s; whole 3x3 grid "
+                        f"{r['run/pt']:.3f} s/pt"))  # fmt: skip
+    write(args.json, rows)
 
 
 if __name__ == "__main__":

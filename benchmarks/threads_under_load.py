@@ -1,6 +1,7 @@
 """Training images/s on an idle machine and beside one competing CPU-bound process.
 
     python benchmarks/threads_under_load.py [--model resnet_tiny] [--images 1536] [--rounds 3]
+        [--amp none|bf16|auto] [--configs "torch defaults,vitscope,passive,..."]
 
 Each configuration trains in a fresh child process (OpenMP reads its environment once, at
 start-up), idle and then beside ``python -c 'while 1: pass'`` (one core taken):
@@ -9,7 +10,7 @@ start-up), idle and then beside ``python -c 'while 1: pass'`` (one core taken):
 * ``vitscope``: what the CLI sets (:func:`vitscope.threads.configure`: ``GOMP_SPINCOUNT=
   3000``, threads from the available cores);
 * ``passive``: ``OMP_WAIT_POLICY=PASSIVE`` (waiting threads sleep at once);
-* ``spin 1e4``: ``GOMP_SPINCOUNT=10000``;
+* ``spin 1e4``, ``spin 300``: ``GOMP_SPINCOUNT=10000``, ``300``;
 * ``1 thread``: for scale, what a single thread gets.
 
 Printed: img/s idle and loaded, and loaded / idle of the same configuration (the fair share
@@ -25,6 +26,8 @@ import statistics
 import subprocess
 import sys
 import time
+
+from _table import row, write
 
 CHILD = r"""
 import json, statistics, sys, time
@@ -44,7 +47,7 @@ labels = torch.randint(0, 10, (n,), generator=g)
 torch.manual_seed(0)
 model = create_model(args["model"], num_classes=10, in_chans=1, img_size=28)
 opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
-cfg = TrainConfig(batch_size=128, epochs=1, lr=1e-3, progress=False)
+cfg = TrainConfig(batch_size=128, epochs=1, lr=1e-3, amp=args["amp"], progress=False)
 aug = BatchAugment(mean=(0.286,), std=(0.353,), num_classes=10, crop_padding=2, hflip=True)
 def epoch():
     t0 = time.perf_counter()
@@ -60,6 +63,7 @@ CONFIGS = {
     "torch defaults": {"configure": False, "threads": None},
     "passive": {"configure": False, "threads": None, "env": {"OMP_WAIT_POLICY": "PASSIVE"}},
     "spin 1e4": {"configure": False, "threads": None, "env": {"GOMP_SPINCOUNT": "10000"}},
+    "spin 300": {"configure": False, "threads": None, "env": {"GOMP_SPINCOUNT": "300"}},
     "vitscope": {"configure": True, "threads": None},
     "1 thread": {"configure": True, "threads": 1},
 }
@@ -71,7 +75,7 @@ def child(cfg: dict, args) -> dict:
                         "VITSCOPE_THREADS")}  # fmt: skip
     env.update(cfg.get("env", {}))
     payload = json.dumps({**cfg, "model": args.model, "images": args.images,
-                          "rounds": args.rounds})  # fmt: skip
+                          "rounds": args.rounds, "amp": args.amp})  # fmt: skip
     out = subprocess.run([sys.executable, "-c", CHILD, payload], env=env, check=True,
                          capture_output=True, text=True).stdout  # fmt: skip
     return json.loads(out.strip().splitlines()[-1])
@@ -86,6 +90,8 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=2, help="timed epochs per child")
     ap.add_argument("--passes", type=int, default=3, help="children per configuration")
     ap.add_argument("--configs", default=",".join(CONFIGS))
+    ap.add_argument("--amp", default="none", help="train.amp of the children (none/bf16/auto)")
+    ap.add_argument("--json", help="also write the table's rows here (benchmarks/bench_all.py)")
     args = ap.parse_args()
     names = args.configs.split(",")
     print(f"{args.model}, {args.images} images/epoch, 28x28x1, batch 128, {os.cpu_count()} CPUs; "
@@ -112,6 +118,14 @@ def main() -> None:
         print(f"{name:16s} {threads:7d} {idle:10.0f} {loaded:8.0f} {loaded / idle:11.2f} "
               f"{idle / base:8.2f} {loaded / base:10.2f}")  # fmt: skip
     print(f"ref = {names[0]}, idle; goal: vitscope loaded >= 0.4 x ref (fair share 0.5)")
+    rows = []
+    for name in names:
+        idle, loaded = ips[(name, "idle")], ips[(name, "loaded")]
+        detail = f"{loaded:.0f} / {base:.0f} img/s; idle {idle / base:.2f}x"
+        goal = 0.4 if name == "vitscope" else None
+        rows.append(row("training beside a CPU hog / idle torch defaults",
+                        f"{args.model}, {name}", loaded / base, goal, detail=detail))  # fmt: skip
+    write(args.json, rows)
 
 
 if __name__ == "__main__":

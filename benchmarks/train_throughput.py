@@ -11,7 +11,10 @@ For each model both loops train on the same uint8 images held in memory, batch 1
 * ``vitscope+aug``: the same with the default CPU augmentation (crop + flip), for scale.
 
 The rounds alternate between the loops and the median of each is reported, with the ratio
-vitscope / bare (goal >= 0.9).
+vitscope / bare (goal >= 0.9). ``GFLOP/s`` is vitscope's training rate in arithmetic
+(forward + backward FLOPs of one batch, counted by ``torch.utils.flop_counter``) and
+``of peak`` its share of the machine's float32 matmul rate measured in the same run
+(a 1024^3 ``torch.mm``, same threads): how far the loop is from the machine's limit.
 """
 
 from __future__ import annotations
@@ -22,11 +25,14 @@ import time
 
 import torch
 import torch.nn.functional as F
+from torch.utils.flop_counter import FlopCounterMode
 
 from vitscope.config import TrainConfig
 from vitscope.data import BatchAugment, normalize
 from vitscope.models import create_model
 from vitscope.train import train_one_epoch
+
+from _table import row, write
 
 MEAN, STD = (0.286,), (0.353,)
 
@@ -47,6 +53,23 @@ def timed(fn) -> float:
     t0 = time.perf_counter()
     fn()
     return time.perf_counter() - t0
+
+
+def matmul_peak(n: int = 1024, rounds: int = 5) -> float:
+    """float32 FLOP/s of an ``n x n`` matmul on this machine, median of ``rounds``."""
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    torch.mm(a, b)
+    times = [timed(lambda: torch.mm(a, b)) for _ in range(rounds)]
+    return 2 * n**3 / statistics.median(times)
+
+
+def step_flops(model, batch_size: int) -> int:
+    """Forward + backward FLOPs of one training batch."""
+    x = torch.randn(batch_size, 1, 28, 28)
+    with FlopCounterMode(display=False) as counter:
+        F.cross_entropy(model(x), torch.zeros(batch_size, dtype=torch.long)).backward()
+    model.zero_grad(set_to_none=True)
+    return counter.get_total_flops()
 
 
 def bench_model(name: str, n_images: int, batch_size: int, rounds: int) -> dict:
@@ -79,7 +102,9 @@ def bench_model(name: str, n_images: int, batch_size: int, rounds: int) -> dict:
         for k, fn in runs.items():
             times[k].append(timed(lambda: fn(*models[k])))  # noqa: B023
     ips = {k: n_images / statistics.median(v) for k, v in times.items()}
-    return {"model": name, "params": sum(p.numel() for p in models["bare"][0].parameters()), **ips}
+    flops = step_flops(models["bare"][0], batch_size) / batch_size  # per image
+    params = sum(p.numel() for p in models["bare"][0].parameters())
+    return {"model": name, "params": params, "flops": flops, **ips}
 
 
 def main() -> None:
@@ -90,17 +115,29 @@ def main() -> None:
     ap.add_argument("--images", type=int, default=2048)
     ap.add_argument("--batch-size", type=int, default=128)
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--json", help="also write the table's rows here (benchmarks/bench_all.py)")
     args = ap.parse_args()
     threads = torch.get_num_threads()
-    print(f"torch {torch.__version__}, {threads} threads, 28x28x1, batch {args.batch_size}")
-    head = ("model", "params", "bare img/s", "vitscope", "ratio", "+aug img/s")
-    print("{:15s} {:>8s} {:>11s} {:>9s} {:>6s} {:>11s}".format(*head))
+    peak = matmul_peak()
+    print(f"torch {torch.__version__}, {threads} threads, 28x28x1, batch {args.batch_size}; "
+          f"float32 matmul peak {peak / 1e9:.1f} GFLOP/s")  # fmt: skip
+    head = ("model", "params", "bare img/s", "vitscope", "ratio", "+aug img/s", "GFLOP/s",
+            "of peak")  # fmt: skip
+    print("{:15s} {:>8s} {:>11s} {:>9s} {:>6s} {:>11s} {:>8s} {:>8s}".format(*head))
+    rows = []
     for name in args.models.split(","):
         r = bench_model(name, args.images, args.batch_size, args.rounds)
+        rate = r["flops"] * r["vitscope"]
         print(
             f"{r['model']:15s} {r['params']:8d} {r['bare']:11.0f} {r['vitscope']:9.0f} "
-            f"{r['vitscope'] / r['bare']:6.3f} {r['vitscope+aug']:11.0f}"
+            f"{r['vitscope'] / r['bare']:6.3f} {r['vitscope+aug']:11.0f} {rate / 1e9:8.1f} "
+            f"{rate / peak:8.2f}"
         )
+        rows.append(row("training img/s vs bare loop", r["model"], r["vitscope"] / r["bare"], 0.9,
+                        detail=f"{r['vitscope']:.0f} vs {r['bare']:.0f} img/s"))  # fmt: skip
+        rows.append(row("training FLOP/s vs matmul peak", r["model"], rate / peak, None,
+                        detail=f"{rate / 1e9:.1f} of {peak / 1e9:.1f} GFLOP/s"))  # fmt: skip
+    write(args.json, rows)
 
 
 if __name__ == "__main__":

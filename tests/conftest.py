@@ -108,3 +108,23 @@ SMALL = [
     "hessian.max_iter=12", "hessian.density_batches=0", "hessian.trace_batches=0",
     "corruption.num_images=8", "corruption.severities=[1,5]",
 ]  # fmt: skip
+
+
+def assert_same_training(ref: Path, other: Path, epochs: int) -> None:
+    """Two run directories trained to the same end: ``epochs`` epochs in ``last.pt``, equal
+    weights bit for bit, and equal ``metrics.jsonl`` lines but for the timings."""
+    from vitscope.io import read_jsonl
+    from vitscope.train import load_checkpoint
+
+    a = load_checkpoint(ref / "checkpoints" / "last.pt")
+    b = load_checkpoint(other / "checkpoints" / "last.pt")
+    assert a["epoch"] == b["epoch"] == epochs
+    for k in a["model"]:
+        assert torch.equal(a["model"][k], b["model"][k]), k
+    timing = ("images_per_s", "train_seconds")
+
+    def rows(run: Path) -> list[dict]:
+        lines = read_jsonl(run / "metrics.jsonl")
+        return [{k: v for k, v in r.items() if k not in timing} for r in lines]
+
+    assert rows(ref) == rows(other)

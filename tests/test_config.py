@@ -73,6 +73,7 @@ def test_layers_override_in_order(tmp_path):
         (["augment.label_smoothing=2"], "augment.label_smoothing"),
         (["augment.ra_mstd=-1"], "augment.ra_mstd must be >= 0"),
         (["train.device=tpu"], "train.device"),
+        (["train.amp=fp16"], "train.amp must be one of ('none', 'bf16', 'auto')"),
         (["nonsense"], "key=value"),
     ],
 )

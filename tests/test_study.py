@@ -78,6 +78,11 @@ def test_reproduce_end_to_end_then_resume_then_force(folder_data, tmp_path):
     )
     assert [r.split()[0] for r in rows] == ["resnet_tiny-f1", "vit_tiny-f1", "report"]
     assert all(cell != "-" for r in rows[:2] for cell in r.split()[1:])
+    # timings.json: the last call's numbers (the forced one: train, skipped, and one analysis)
+    timings = json.loads((out / "timings.json").read_text())
+    assert set(timings["steps"]) == {"resnet_tiny-f1", "vit_tiny-f1", "report"}
+    assert set(timings["steps"]["vit_tiny-f1"]) == {"train", "load", "variance"}
+    assert timings["seconds"] >= sum(sum(s.values()) for s in timings["steps"].values()) > 0
     (last,) = [line for line in forced if line.startswith("time (s) of this call")]
     cols = last.splitlines()[1].split()
     assert cols == ["run", "train", "load", "variance"]

@@ -1,3 +1,4 @@
+import contextlib
 import json
 import os
 import signal
@@ -8,6 +9,7 @@ import time
 import numpy as np
 import pytest
 import torch
+from conftest import assert_same_training
 
 from vitscope.config import resolve
 from vitscope.errors import VitscopeError
@@ -155,17 +157,7 @@ def test_kill_9_and_resume_gives_the_same_final_weights(folder_data_large, tmp_p
     assert done < 7, "the run finished before it could be killed"
 
     assert _cli("train", "--resume", str(killed), "--no-progress").wait(timeout=300) == 0
-    a = load_checkpoint(ref / "checkpoints" / "last.pt")
-    b = load_checkpoint(killed / "checkpoints" / "last.pt")
-    assert a["epoch"] == b["epoch"] == 7
-    for k in a["model"]:
-        assert torch.equal(a["model"][k], b["model"][k]), k
-    timing = ("images_per_s", "train_seconds")
-
-    def strip(rows):
-        return [{k: v for k, v in r.items() if k not in timing} for r in rows]
-
-    assert strip(read_jsonl(ref / "metrics.jsonl")) == strip(read_jsonl(killed / "metrics.jsonl"))
+    assert_same_training(ref, killed, epochs=7)
 
 
 def test_bf16_autocast_trains_on_cpu(folder_data, tmp_path):
@@ -173,6 +165,42 @@ def test_bf16_autocast_trains_on_cpu(folder_data, tmp_path):
     rows = read_jsonl(tmp_path / "run" / "metrics.jsonl")
     assert len(rows) == 1 and torch.isfinite(torch.tensor(rows[0]["train_loss"]))
     assert 0.0 <= result.last["test_acc"] <= 1.0
+
+
+def test_amp_auto_is_bf16_only_where_the_cpu_has_bf16_arithmetic(monkeypatch):
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(loop, "_cpu_flags", lambda: frozenset({"avx2", "avx512f"}))
+    assert loop.amp_of(cpu, "auto") == "none" and not loop.native_bf16(cpu)
+    assert isinstance(loop.autocast(cpu, "auto"), contextlib.nullcontext)
+    for flag in ("avx512_bf16", "amx_bf16"):
+        monkeypatch.setattr(loop, "_cpu_flags", lambda f=flag: frozenset({"avx2", f}))
+        assert loop.amp_of(cpu, "auto") == "bf16"
+        assert isinstance(loop.autocast(cpu, "auto"), torch.autocast)
+    # explicit modes are kept whatever the CPU
+    assert loop.amp_of(cpu, "none") == "none" and loop.amp_of("cpu", "bf16") == "bf16"
+    assert loop.amp_of("meta", "auto") == "none"  # a device without a rule: float32
+
+
+def test_the_cpu_flags_are_read_from_proc_cpuinfo():
+    flags = loop._cpu_flags()
+    if not os.path.exists("/proc/cpuinfo"):
+        assert flags == frozenset()
+        return
+    line = next(x for x in open("/proc/cpuinfo") if x.startswith("flags"))
+    assert flags == frozenset(line.split(":", 1)[1].split()) and "fpu" in flags
+
+
+@pytest.mark.parametrize("native", [False, True])
+def test_amp_auto_trains_and_records_the_arithmetic_it_used(
+    folder_data, tmp_path, monkeypatch, native
+):
+    flags = frozenset({"avx512_bf16"} if native else {"avx2"})
+    monkeypatch.setattr(loop, "_cpu_flags", lambda: flags)
+    cfg = _cfg(folder_data, epochs=1, warmup_epochs=0)
+    assert cfg.train.amp == "auto"  # the cpu preset's; resolved per epoch, stored as asked
+    train(cfg, tmp_path / "run")
+    (row,) = read_jsonl(tmp_path / "run" / "metrics.jsonl")
+    assert row["amp"] == ("bf16" if native else "none")
 
 
 @pytest.mark.parametrize("fused", [False, True])

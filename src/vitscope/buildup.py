@@ -35,7 +35,7 @@ from pathlib import Path
 from . import distributed
 from .config import RunConfig, dump_yaml, merge, resolve
 from .errors import ConfigError, VitscopeError
-from .io import atomic_write, atomic_write_json, atomic_write_text, provenance
+from .io import atomic_write, atomic_write_json, atomic_write_text, provenance, writes_folder
 
 #: base CNN -> (AlterNet builder, overrides): the base is that AlterNet with no MSA
 BASES: dict[str, tuple[str, dict]] = {
@@ -185,6 +185,7 @@ def _read_state(path: Path, cfg: BuildupConfig, depths: Sequence[int]) -> dict:
     return state
 
 
+@writes_folder("out")
 def buildup(
     cfg: BuildupConfig,
     out: str | Path,

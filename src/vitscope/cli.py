@@ -14,6 +14,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+from . import preempt
 from .errors import VitscopeError
 
 
@@ -384,7 +385,11 @@ def _add_train(sub) -> None:
     p.add_argument("--epochs", type=int, help="main epochs (after warm-up)")
     p.add_argument("--device", help="cpu (default), cuda, cuda:N")
     p.add_argument("--seed", type=int, help="random seed")
-    p.add_argument("--amp", choices=["none", "bf16"], help="bf16 autocast (GPUs)")
+    p.add_argument(
+        "--amp",
+        choices=["none", "bf16", "auto"],
+        help="bf16 autocast; auto: where the device computes bf16 natively",
+    )
     p.add_argument("--compile", action="store_true", help="torch.compile the model")
     p.add_argument(
         "--channels-last", action="store_true", help="channels-last memory format (conv nets)"
@@ -597,7 +602,12 @@ def main(argv: list[str] | None = None) -> int:
         from .threads import configure, parse_threads
 
         configure(parse_threads(getattr(args, "threads", None)))  # before torch loads
-        return handler(args)
+        with preempt.installed():  # SIGTERM / SIGINT: stop at the next safe point, saved
+            return handler(args)
+    except preempt.Preempted as e:
+        if os.environ.get("RANK", "0") == "0":
+            print(f"stopped: {e}; run the same command again to continue", file=sys.stderr)
+        return preempt.EXIT_PREEMPTED
     except VitscopeError as e:
         rank = os.environ.get("RANK", "0")  # torchrun: every rank says it, rank 0 plainly
         print(f"error{'' if rank == '0' else f' (rank {rank})'}: {e}", file=sys.stderr)

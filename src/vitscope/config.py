@@ -182,7 +182,7 @@ class ModelConfig:
 
 OPTIMIZERS = ("adamw", "sgd")
 SCHEDULES = ("cosine", "multistep", "constant")
-AMP_MODES = ("none", "bf16")
+AMP_MODES = ("none", "bf16", "auto")
 
 
 @dataclass(frozen=True)
@@ -216,7 +216,9 @@ class TrainConfig:
     grad_clip: float | None = None  # clip the global gradient norm to this; null disables
     seed: int = 0  # seeds init, data order, augmentation and stochastic depth
     device: str = "cpu"  # cpu | cuda | cuda:N | mps
-    amp: str = "none"  # none | bf16 (autocast)
+    # none | bf16 (autocast) | auto: bf16 where the device has bf16 arithmetic (a CUDA GPU
+    # with bf16, an x86 CPU with AVX512-BF16 or AMX), else none (vitscope.train.loop.amp_of)
+    amp: str = "none"
     compile: bool = False  # torch.compile the model for training
     channels_last: bool = False  # channels-last model and batches (speeds up convs on GPUs)
     # fused attention kernels (scaled_dot_product_attention) while training and evaluating;

@@ -6,7 +6,9 @@ renamed over the target, so a killed process never leaves a half-written result 
 
 from __future__ import annotations
 
+import functools
 import importlib.metadata
+import inspect
 import json
 import os
 import platform
@@ -39,18 +41,42 @@ def _temp_file(path: Path) -> Path:
     raise VitscopeError(f"cannot create a temporary file beside {path}")
 
 
+def fsync_path(path: str | Path) -> None:
+    """Flush a file's (or a folder's) contents to the disk.
+
+    A folder is flushed so that a rename in it survives a power loss; filesystems that refuse
+    to fsync a folder (some network ones) are left as they are.
+    """
+    flags = os.O_RDONLY | (getattr(os, "O_DIRECTORY", 0) if Path(path).is_dir() else 0)
+    fd = os.open(path, flags)
+    try:
+        os.fsync(fd)
+    except OSError:
+        if not Path(path).is_dir():
+            raise
+    finally:
+        os.close(fd)
+
+
 @contextmanager
 def _atomic_path(path: str | Path):
-    """Yield a temp path next to ``path``; rename it over ``path`` only on success."""
+    """Yield a temp path next to ``path``; rename it over ``path`` only on success.
+
+    Durable as well as atomic: the temp file is fsync'd before the rename and the folder
+    after it, so a power loss or a crashed NFS client leaves the old file or the new one,
+    never an empty or torn one under the final name.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = _temp_file(path)
     try:
         yield Path(tmp)
+        fsync_path(tmp)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    fsync_path(path.parent)
 
 
 def atomic_write(path: str | Path, writer: Callable[[Path], Any]) -> Path:
@@ -180,6 +206,102 @@ class RunDir:
         if not rd.config.is_file():
             raise VitscopeError(f"{rd.root} is not a vitscope run directory (no config.yaml)")
         return rd
+
+
+class FolderBusyError(VitscopeError):
+    """Another process is writing the folder (it holds the folder's lock)."""
+
+
+#: the lock file inside a folder that one process writes at a time
+LOCK_NAME = ".vitscope.lock"
+#: folders whose lock this process holds: resolved path -> the lock file's descriptor
+_HELD: dict[Path, int] = {}
+
+
+def _forget_locks_in_child() -> None:
+    """A forked child (a DataLoader worker) closes its copies of the lock descriptors: the
+    parent keeps the lock, and a worker outliving a killed parent does not hold it on."""
+    for fd in _HELD.values():
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+    _HELD.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_locks_in_child)
+
+
+@contextmanager
+def writer_lock(folder: str | Path, *, enabled: bool = True):
+    """Hold ``folder``'s one-writer lock (created if missing) while the block runs.
+
+    An ``fcntl.flock`` on ``folder/.vitscope.lock``: the kernel drops it when the holder
+    exits, however it dies (``kill -9`` leaves no stale lock), and network filesystems that
+    support locking (NFSv4, Lustre with ``flock``) honour it across hosts. A second writer
+    raises :class:`FolderBusyError` at once, naming the holder's PID, host and start time.
+    Re-entrant within a process (a study holds its folder while its runs take their own).
+    Where the filesystem has no locks at all, a warning is printed and the block runs
+    unlocked. ``enabled=False`` (the other ranks under torchrun) holds nothing. A folder the
+    call created and left empty (it failed before writing anything) is removed again.
+    """
+    import fcntl
+    import socket
+
+    root = Path(folder).resolve()
+    if not enabled or root in _HELD:  # nested blocks end before the one that holds it
+        yield
+        return
+    created = not root.exists()
+    root.mkdir(parents=True, exist_ok=True)
+    path = root / LOCK_NAME
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "a process"
+        os.close(fd)
+        raise FolderBusyError(
+            f"{root} is being written by another vitscope process ({holder}); wait for it "
+            "to end, or write to another folder"
+        ) from None
+    except OSError as e:  # ENOLCK: a filesystem without locks
+        print(f"warning: cannot lock {path} ({e.strerror}); two writers would not be refused")
+    else:
+        os.ftruncate(fd, 0)
+        stamp = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+        os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()} since {stamp}\n".encode(), 0)
+    _HELD[root] = fd
+    try:
+        yield
+    finally:
+        del _HELD[root]
+        if created and os.listdir(root) == [LOCK_NAME]:  # a call that failed before writing
+            path.unlink(missing_ok=True)
+            root.rmdir()
+        os.close(fd)  # releases the lock; the file stays (removing it would race a waiter)
+
+
+def writes_folder(param: str):
+    """Decorator: each call holds the :func:`writer_lock` of the folder passed as ``param``.
+
+    Under torchrun only rank 0 (``RANK`` in the environment, read before the process group
+    exists) takes it: the other ranks write nothing.
+    """
+
+    def wrap(fn):
+        sig = inspect.signature(fn)
+
+        @functools.wraps(fn)
+        def locked(*args, **kwargs):
+            folder = sig.bind(*args, **kwargs).arguments[param]
+            with writer_lock(folder, enabled=int(os.environ.get("RANK", "0")) == 0):
+                return fn(*args, **kwargs)
+
+        return locked
+
+    return wrap
 
 
 def git_hash() -> str | None:

@@ -20,11 +20,12 @@ import torch.nn as nn
 import yaml
 
 from . import distributed as dist_utils
+from . import preempt
 from .analyses import Analysis, EvalData, TrainData, analyses, get_analysis
 from .analyses.store import PartialStore
 from .config import ConfigError, from_dict, parse_overrides, to_dict
 from .errors import VitscopeError
-from .io import RunDir
+from .io import RunDir, writes_folder
 from .results import Result
 
 
@@ -146,6 +147,8 @@ def analyze_model(
         done[name] = path
         if timings is not None:
             timings[name] = time.perf_counter() - t0
+        if dist_utils.broadcast_object(preempt.requested()):  # rank 0 decides for all
+            preempt.check(f"{name} of {rd.root} (saved)")
     return done
 
 
@@ -246,6 +249,7 @@ def run_meta(
     }
 
 
+@writes_folder("run_dir")
 def analyze(
     run_dir: str | Path,
     *,
@@ -316,6 +320,7 @@ def analyze(
     return {n: done[n] for n in names}
 
 
+@writes_folder("out_dir")
 def analyze_foreign(
     model: nn.Module,
     out_dir: str | Path,

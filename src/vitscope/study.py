@@ -28,7 +28,7 @@ from .config import (
     to_dict,
 )
 from .errors import VitscopeError
-from .io import atomic_write_text
+from .io import atomic_write_json, atomic_write_text, writes_folder
 from .run_analyses import analysis_configs, analyze
 
 
@@ -370,6 +370,7 @@ def _buildup(study, root: Path, force, device: str | None, main: bool, log: Call
     buildup(cfg, root / "buildup", log=log)
 
 
+@writes_folder("out")
 def reproduce(
     preset: str | StudyConfig,
     out: str | Path,
@@ -383,6 +384,7 @@ def reproduce(
 
     Every step is skipped when its result exists (a finished run resumes to nothing, a
     finished analysis is not recomputed), so a killed study continues where it stopped.
+    The call ends by writing ``timings.json`` (where its time went) into ``out``.
 
     Args:
         preset: a study preset name (``vitscope list studies``), a YAML path, or a config.
@@ -424,6 +426,9 @@ def reproduce(
     report = build_report([root]) if main else root / "report.html"
     times["report"] = {"report": time.perf_counter() - t0}
     dist_utils.barrier()
-    log(time_table(times, time.perf_counter() - start))
+    total = time.perf_counter() - start
+    if main:  # the table's numbers, for scripts (benchmarks/study_stages.py)
+        atomic_write_json(root / "timings.json", {"seconds": total, "steps": times})
+    log(time_table(times, total))
     log(f"report: {report}")
     return report

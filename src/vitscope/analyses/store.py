@@ -30,6 +30,7 @@ import numpy as np
 import torch
 
 from .. import distributed as dist_utils
+from .. import preempt
 from ..io import atomic_write_json, atomic_write_npz
 from .sharding import RankLog, key_digest
 
@@ -126,12 +127,15 @@ class PartialStore:
         atomic_write_json(self.json, {"key": self.key, "files": files, "items": items})
 
     def add(self, item: Hashable, record: Any) -> None:
-        """Keep one finished item: rank 0 rewrites its file, other ranks append to their log."""
+        """Keep one finished item: rank 0 rewrites its file, other ranks append to their log;
+        then stop if a signal asked to (:func:`vitscope.preempt.check`)."""
         if dist_utils.is_main():
             self.records[item] = record
             self._write()
         else:
             self._log.append(_json_item(item), record)
+        # a safe point: the item is on disk, so a stop signal loses nothing
+        preempt.check(f"{self.name} item {_json_item(item)} (saved in {self.workdir})")
 
     def clear(self) -> None:
         """Delete every partial file of this analysis (the result supersedes them)."""

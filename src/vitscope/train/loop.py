@@ -13,17 +13,19 @@ and BatchNorm statistics, which are per rank unless ``train.sync_bn``).
 
 from __future__ import annotations
 
+import functools
 import math
 import time
 from collections.abc import Callable, Iterator
 from contextlib import nullcontext
+from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .. import distributed
+from .. import distributed, preempt
 from ..config import TrainConfig
 from ..data.augment import normalize, soft_cross_entropy
 from ..data.stream import read_images
@@ -74,9 +76,43 @@ def batch_indices(
         yield idx
 
 
+#: x86 CPU flags of native bf16 arithmetic (/proc/cpuinfo): oneDNN's bf16 kernels run at
+#: about twice the float32 rate there and are emulated (slower than float32) elsewhere
+CPU_BF16_FLAGS = frozenset({"avx512_bf16", "amx_bf16"})
+
+
+@functools.cache
+def _cpu_flags() -> frozenset[str]:
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:  # not Linux: no flags known, so no bf16
+        return frozenset()
+    for line in text.splitlines():
+        if line.startswith("flags"):
+            return frozenset(line.partition(":")[2].split())
+    return frozenset()
+
+
+def native_bf16(device: torch.device) -> bool:
+    """Whether ``device`` computes in bf16 natively (not by emulation)."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported(including_emulation=False)
+    if device.type == "cpu":
+        return bool(_cpu_flags() & CPU_BF16_FLAGS)
+    return False
+
+
+def amp_of(device: torch.device | str, amp: str) -> str:
+    """The autocast mode ``train.amp`` means on ``device``: ``auto`` resolves to ``bf16`` where
+    :func:`native_bf16`, else ``none``; ``none`` and ``bf16`` are kept."""
+    if amp == "auto":
+        return "bf16" if native_bf16(torch.device(device)) else "none"
+    return amp
+
+
 def autocast(device: torch.device, amp: str):
-    """bf16 autocast on request; a no-op context otherwise."""
-    if amp == "bf16":
+    """bf16 autocast on request (``auto``: :func:`amp_of`); a no-op context otherwise."""
+    if amp_of(device, amp) == "bf16":
         return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
     return nullcontext()
 
@@ -109,6 +145,7 @@ def train_one_epoch(
     forward: Callable[[torch.Tensor], torch.Tensor] | None = None,
     progress: Callable[[int, float], None] | None = None,
     loader: Callable[[list[torch.Tensor]], Iterator] | None = None,
+    resume: dict | None = None,
 ) -> dict:
     """Train ``model`` for one epoch over ``images`` (uint8, on the device).
 
@@ -120,8 +157,17 @@ def train_one_epoch(
 
     Returns ``train_loss`` (the objective: soft-target CE with mixing and smoothing),
     ``train_nll`` (CE against the un-mixed labels on the same augmented batch),
-    ``train_acc``, ``images`` and ``seconds``. Raises :class:`NonFiniteLossError` on NaN/inf
-    (on every rank at once: the check is on the all-reduced loss).
+    ``train_acc``, ``images``, ``seconds`` and ``amp`` (the autocast mode used: ``none`` or
+    ``bf16``, ``train.amp=auto`` resolved by :func:`amp_of`). Raises
+    :class:`NonFiniteLossError` on NaN/inf (on every rank at once: the check is on the
+    all-reduced loss).
+
+    Preemption (:mod:`vitscope.preempt`): when a stop signal has arrived on any rank, every
+    rank stops after the same step (the flag rides on the loss's all-reduce) and the epoch
+    returns early with ``stopped_at`` (steps done), ``sums`` (this rank's running
+    statistics) and ``seconds``. ``resume`` (that dict, with the global RNG states restored
+    as they were then) continues such an epoch at its next step, so the epoch ends as an
+    uninterrupted one would.
     """
     forward = model if forward is None else forward  # (a compiled module has no bool())
     model.train()
@@ -130,13 +176,18 @@ def train_one_epoch(
     steps = math.ceil(n / cfg.batch_size)
     device = labels.device  # on the training device, like the in-memory images
     sums = torch.zeros(4, dtype=torch.float64, device=device)  # loss, nll, correct, images
-    batches = batch_indices(n, cfg.batch_size, generator=generator, min_size=2 * world)
+    first, before = 0, 0.0
+    if resume is not None:
+        first, before = resume["stopped_at"], resume["seconds"]
+        sums += torch.tensor(resume["sums"], dtype=torch.float64, device=device)
+    batches = list(batch_indices(n, cfg.batch_size, generator=generator, min_size=2 * world))
+    batches = batches[first:]  # the whole permutation is drawn, so the order is the same
     if loader is not None:
-        steps_in = loader(list(batches))
+        steps_in = loader(batches)
     else:
-        steps_in = memory_batches(images, labels, batches, world=world, rank=rank)
+        steps_in = memory_batches(images, labels, iter(batches), world=world, rank=rank)
     t0 = time.perf_counter()
-    for step, (global_size, x_u8, y) in enumerate(steps_in):
+    for step, (global_size, x_u8, y) in enumerate(steps_in, start=first):
         lr = lr_at(cfg, epoch, step, steps)
         for group in optimizer.param_groups:
             group["lr"] = lr
@@ -148,8 +199,12 @@ def train_one_epoch(
         logits = logits.float()
         loss = soft_cross_entropy(logits, target)  # mean over this rank's images
         b = len(y)
-        # the global batch's mean loss; NaN on one rank makes it NaN on all
-        global_loss = float(distributed.all_reduce_sum(loss.detach().double() * b)) / global_size
+        # the global batch's mean loss (NaN on one rank makes it NaN on all) and whether any
+        # rank was asked to stop, in one all-reduce
+        flag = loss.new_tensor(float(preempt.requested()), dtype=torch.float64)
+        reduced = distributed.all_reduce_sum(torch.stack([loss.detach().double() * b, flag]))
+        batch_loss, stop = reduced.tolist()
+        global_loss = batch_loss / global_size
         if not math.isfinite(global_loss):
             raise NonFiniteLossError(
                 f"training loss became {global_loss} at epoch {epoch + 1} step {step + 1} "
@@ -169,14 +224,21 @@ def train_one_epoch(
             sums += torch.stack([loss.detach() * b, nll, correct.float(), nll.new_tensor(b)])
         if progress is not None:
             progress(global_size, global_loss)
+        if stop and step + 1 < steps:  # (after the last step the epoch simply ends)
+            return {
+                "stopped_at": step + 1,
+                "sums": sums.tolist(),  # this rank's own: each rank resumes its own
+                "seconds": before + time.perf_counter() - t0,
+            }
     loss_sum, nll_sum, correct, seen = distributed.all_reduce_sum(sums).tolist()
-    seconds = time.perf_counter() - t0
+    seconds = before + time.perf_counter() - t0
     return {
         "train_loss": loss_sum / max(seen, 1),
         "train_nll": nll_sum / max(seen, 1),
         "train_acc": correct / max(seen, 1),
         "images": int(seen),
         "seconds": seconds,
+        "amp": amp_of(device, cfg.amp),
     }
 
 

@@ -17,7 +17,7 @@ import torch
 import torch.nn as nn
 from tqdm.auto import tqdm
 
-from .. import distributed
+from .. import distributed, preempt
 from ..config import RunConfig, TrainConfig, dump_yaml, from_dict, load_yaml, to_dict
 from ..data import BatchAugment, ImageData, balanced_subset, load_dataset
 from ..data.stream import Crop, is_streamed, train_batches
@@ -31,6 +31,7 @@ from ..io import (
     provenance,
     read_jsonl,
     write_jsonl,
+    writes_folder,
 )
 from ..models import create_model, model_family
 from ..models.layers import use_fused_attention
@@ -266,6 +267,7 @@ def _write_new_run(rd: RunDir, cfg: RunConfig, indices, model: nn.Module) -> Non
     save_checkpoint(rd.checkpoint("init"), model=model, epoch=0)
 
 
+@writes_folder("out")
 def train(cfg: RunConfig | None, out: str | Path, *, resume: bool = False) -> TrainResult:
     """Train a model and write its run directory; resumes an existing run of the same config.
 
@@ -278,6 +280,9 @@ def train(cfg: RunConfig | None, out: str | Path, *, resume: bool = False) -> Tr
     ``W`` repeats an uninterrupted run, and one with another ``W`` warns and reseeds. Test
     metrics are computed on rank-shards and gathered. Rank 0 alone writes files and shows
     progress; every rank returns the same metrics once rank 0's files are written.
+
+    One process writes a run directory at a time: a second ``train`` of the same ``out``
+    raises :class:`~vitscope.io.FolderBusyError` at once (:func:`vitscope.io.writer_lock`).
 
     Args:
         cfg: the resolved run config; ``None`` with ``resume=True`` reads it from ``out``.
@@ -293,14 +298,18 @@ def train(cfg: RunConfig | None, out: str | Path, *, resume: bool = False) -> Tr
     main = distributed.is_main()
     train_set, test_set, indices, model, optimizer, augment = _build(cfg, device)
     start_epoch, best, elapsed, rows = _start(rd, cfg, model, optimizer, indices, resuming)
+    partial = _resume_partial(rd, model, optimizer, start_epoch) if resuming else None
     forward = _parallel(model, t, device)
     data = _on_device(train_set, test_set, device)
     n_params = sum(p.numel() for p in model.parameters())
     last = dict(rows[-1]) if rows else {}
     for epoch in range(start_epoch, t.total_epochs):
         stats, test, pred = _epoch(
-            cfg, model, forward, optimizer, augment, data, train_set.info, epoch
-        )
+            cfg, model, forward, optimizer, augment, data, train_set.info, epoch,
+            resume=partial if epoch == start_epoch else None,
+        )  # fmt: skip
+        if "stopped_at" in stats:  # a stop signal: save the epoch so far, then stop
+            _save_partial(rd, model, optimizer, epoch, stats, best, elapsed)
         elapsed += stats["seconds"]
         last = _metrics_row(epoch, t, optimizer, stats, test, elapsed, n_params)
         improved = test is not None and test["acc"] > best["acc"]
@@ -350,6 +359,40 @@ def _start(rd: RunDir, cfg: RunConfig, model, optimizer, indices, resuming: bool
     return start_epoch, best, elapsed, rows
 
 
+def _save_partial(rd: RunDir, model, optimizer, epoch: int, stats, best, elapsed) -> None:
+    """Save an epoch stopped by a signal (``checkpoints/preempt.pt``), then raise
+    :class:`~vitscope.preempt.Preempted`; collective under torchrun."""
+    rng_ranks = gather_rng_states()
+    sums = distributed.gather_objects(stats["sums"])  # each rank resumes its own sums
+    path = rd.checkpoint("preempt")
+    if distributed.is_main():
+        partial = {"stopped_at": stats["stopped_at"], "sums": sums, "seconds": stats["seconds"]}
+        save_checkpoint(path, model=model, optimizer=optimizer, epoch=epoch, best=best,
+                        elapsed=elapsed, rng_ranks=rng_ranks, partial=partial)  # fmt: skip
+    distributed.barrier()
+    raise preempt.Preempted(
+        f"{preempt.signal_name()} received; stopped after step {stats['stopped_at']} of epoch "
+        f"{epoch + 1}, saved in {path}"
+    )
+
+
+def _resume_partial(rd: RunDir, model, optimizer, start_epoch: int) -> dict | None:
+    """Continue an epoch a signal stopped: load ``preempt.pt`` when it continues the epoch
+    that starts now (and was saved by as many ranks); returns ``train_one_epoch``'s
+    ``resume``, or None (no such epoch; a stale file is ignored)."""
+    path = rd.checkpoint("preempt")
+    if not path.is_file():
+        return None
+    ckpt = load_checkpoint(path)
+    if ckpt["epoch"] != start_epoch or len(ckpt["rng_ranks"]) != distributed.world_size():
+        return None  # older than last.pt, or another world size: the epoch is redone
+    model.load_state_dict(ckpt["model"])
+    optimizer.load_state_dict(ckpt["optimizer"])
+    restore_rng_states(ckpt)
+    partial = ckpt["partial"]
+    return {**partial, "sums": partial["sums"][distributed.rank()]}
+
+
 def _on_device(train_set, test_set, device: torch.device) -> dict:
     """The splits on the training device; a streamed split stays lazy (read batch by batch)."""
 
@@ -386,9 +429,13 @@ def _loader(cfg: RunConfig, data: dict, epoch: int, device: torch.device):
     return batches
 
 
-def _epoch(cfg: RunConfig, model, forward, optimizer, augment, data: dict, info, epoch: int):
+def _epoch(
+    cfg: RunConfig, model, forward, optimizer, augment, data: dict, info, epoch: int, resume=None
+):
     """One training epoch, then (every ``train.eval_every`` epochs and after the last) the test
-    pass: ``(train stats, test metrics, predicted classes)``, the last two None without one."""
+    pass: ``(train stats, test metrics, predicted classes)``, the last two None without one
+    (or when a stop signal ended the epoch early: ``stats`` then has ``stopped_at``).
+    ``resume``: the state of an epoch a signal stopped (:func:`train_one_epoch`)."""
     t = cfg.train
     generator = torch.Generator().manual_seed(t.seed * 1_000_003 + epoch)
     bar = tqdm(
@@ -412,8 +459,11 @@ def _epoch(cfg: RunConfig, model, forward, optimizer, augment, data: dict, info,
             forward=forward,
             progress=_progress(bar),
             loader=_loader(cfg, data, epoch, device),
+            resume=resume,
         )
         bar.close()
+        if "stopped_at" in stats:
+            return stats, None, None
         # per-rank BatchNorm running stats differ: evaluate (and save) rank 0's everywhere
         distributed.broadcast_tensors(list(model.buffers()))
         if (epoch + 1) % t.eval_every and epoch + 1 < t.total_epochs:
@@ -457,6 +507,7 @@ def _metrics_row(epoch, t, optimizer, stats: dict, test: dict, elapsed: float, n
         "train_acc": stats["train_acc"],
         **{f"test_{k}": v for k, v in (test or {}).items()},
         "images_per_s": stats["images"] / stats["seconds"],
+        "amp": stats["amp"],  # the arithmetic of this epoch (train.amp=auto resolved)
         "train_seconds": elapsed,
         "params": n_params,
     }
@@ -482,6 +533,7 @@ def _save_epoch(rd, t, model, optimizer, row, best, improved, elapsed, rng_ranks
         elapsed=elapsed,
         rng_ranks=rng_ranks,
     )
+    rd.checkpoint("preempt").unlink(missing_ok=True)  # the stopped epoch is now complete
     if t.progress:
         test = (
             f"test acc {row['test_acc']:.4f}  nll {row['test_nll']:.4f}  "
@@ -490,7 +542,7 @@ def _save_epoch(rd, t, model, optimizer, row, best, improved, elapsed, rng_ranks
         )
         tqdm.write(
             f"epoch {epoch}/{t.total_epochs}  loss {row['train_loss']:.4f}  {test}"
-            f"{row['images_per_s']:.0f} img/s"
+            f"{row['images_per_s']:.0f} img/s" + ("  bf16" if row.get("amp") == "bf16" else "")
         )
 
 
@@ -506,6 +558,7 @@ def load_model(
     return model.to(device).eval(), cfg
 
 
+@writes_folder("run_dir")
 def evaluate_run(run_dir: str | Path, checkpoint: str = "best", *, device: str = "cpu") -> dict:
     """Test metrics of a run's checkpoint, also saved to ``results/evaluate_<ckpt>.json``.
 
