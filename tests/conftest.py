@@ -128,3 +128,13 @@ def assert_same_training(ref: Path, other: Path, epochs: int) -> None:
         return [{k: v for k, v in r.items() if k not in timing} for r in lines]
 
     assert rows(ref) == rows(other)
+
+
+def train_command(root: Path, out: Path, epochs: int, batch_size: int = 16) -> list[str]:
+    """``python -m vitscope train`` of resnet_tiny on the folder data set at ``root``: the
+    command line the CLI tests run (1 warm-up epoch from the cpu preset, then ``epochs``)."""
+    import sys
+
+    return [sys.executable, "-m", "vitscope", "train", "--model", "resnet_tiny", "--data",
+            "folder", "--data-root", str(root), "--epochs", str(epochs), "--set",
+            f"train.batch_size={batch_size}", "--no-progress", "--out", str(out)]  # fmt: skip

@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import train_command
 
 from vitscope import io
 from vitscope.io import FolderBusyError, atomic_write_text, writer_lock, writes_folder
@@ -61,7 +62,7 @@ def test_a_failed_write_keeps_the_old_file_and_leaves_no_temp(tmp_path):
         p.write_text("half")
         raise OSError(28, "No space left on device")
 
-    with pytest.raises(OSError):
+    with pytest.raises(io.DiskError, match="No space left on device"):  # one line, no OSError
         io.atomic_write(target, boom)
     assert target.read_text() == "old" and os.listdir(tmp_path) == ["r.json"]
 
@@ -124,9 +125,7 @@ def test_two_concurrent_trains_of_one_folder_exactly_one_runs(folder_data, tmp_p
     from vitscope.preempt import EXIT_PREEMPTED
 
     out = tmp_path / "run"
-    args = [sys.executable, "-m", "vitscope", "train", "--model", "resnet_tiny", "--data",
-            "folder", "--data-root", str(folder_data), "--epochs", "500", "--set",
-            "train.batch_size=16", "--no-progress", "--out", str(out)]  # fmt: skip
+    args = train_command(folder_data, out, epochs=500)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     first = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL)
     lock = out / io.LOCK_NAME

@@ -4,13 +4,12 @@ import copy
 import os
 import signal
 import subprocess
-import sys
 import time
 
 import numpy as np
 import pytest
 import torch
-from conftest import assert_same_training
+from conftest import assert_same_training, train_command
 
 from vitscope import preempt
 from vitscope.analyses import landscape
@@ -138,9 +137,7 @@ def test_sigterm_during_the_landscape_grid_saves_the_point_and_resume_equals(
 
 
 def _train_cmd(root, out):
-    return [sys.executable, "-m", "vitscope", "train", "--model", "resnet_tiny", "--data",
-            "folder", "--data-root", str(root), "--epochs", "3", "--set", "train.batch_size=8",
-            "--no-progress", "--out", str(out)]  # fmt: skip
+    return train_command(root, out, epochs=3, batch_size=8)
 
 
 def test_sigterm_during_training_exits_within_a_step_and_the_same_command_continues(

@@ -9,7 +9,7 @@ import time
 import numpy as np
 import pytest
 import torch
-from conftest import assert_same_training
+from conftest import assert_same_training, train_command
 
 from vitscope.config import resolve
 from vitscope.errors import VitscopeError
@@ -122,24 +122,7 @@ def _cli(*args, **kw):
 
 
 def _train_args(root, out):
-    return [
-        "train",
-        "--model",
-        "resnet_tiny",
-        "--data",
-        "folder",
-        "--data-root",
-        str(root),
-        "--epochs",
-        "6",
-        "--set",
-        "train.batch_size=16",
-        "--set",
-        "train.warmup_epochs=1",
-        "--no-progress",
-        "--out",
-        str(out),
-    ]
+    return train_command(root, out, epochs=6)[3:]  # the arguments after python -m vitscope
 
 
 def test_kill_9_and_resume_gives_the_same_final_weights(folder_data_large, tmp_path):

@@ -6,6 +6,7 @@ renamed over the target, so a killed process never leaves a half-written result 
 
 from __future__ import annotations
 
+import errno
 import functools
 import importlib.metadata
 import inspect
@@ -23,6 +24,53 @@ from pathlib import Path
 from typing import Any
 
 from .errors import VitscopeError
+
+
+class DiskError(VitscopeError):
+    """A write failed for want of space, quota or permission; what was finished is kept."""
+
+
+#: errors of the filesystem a write went to, and what to do about each
+_DISK_ADVICE = {
+    errno.ENOSPC: "free space on that filesystem",
+    errno.EDQUOT: "free space within your quota there",
+    errno.EROFS: "the filesystem is read-only: write to another folder",
+    errno.EACCES: "no permission to write there: fix the folder's permissions or write elsewhere",
+    errno.EPERM: "not permitted to write there: write to another folder",
+}
+
+
+def _free(folder: Path) -> str:
+    try:
+        st = os.statvfs(folder)
+    except OSError:
+        return "unknown"
+    return f"{st.f_bavail * st.f_frsize / 2**20:.1f} MiB"
+
+
+def disk_error(path: str | Path, e: BaseException) -> DiskError | None:
+    """The one-line :class:`DiskError` for a failed write of ``path``, or None when ``e`` is
+    not a filesystem's refusal (then it is re-raised as it is).
+
+    ``torch.save`` reports a full disk as an opaque ``RuntimeError`` from its zip writer; one
+    that ends with (nearly) no space left on the folder's filesystem counts as ``ENOSPC``.
+    """
+    path = Path(path)
+    code = getattr(e, "errno", None)
+    if code is None and isinstance(e, RuntimeError) and "inline_container" in str(e):
+        try:
+            st = os.statvfs(path.parent)
+            if st.f_bavail * st.f_frsize < 2**20:
+                code = errno.ENOSPC
+        except OSError:
+            pass
+    if code not in _DISK_ADVICE:
+        return None
+    what = os.strerror(code)
+    return DiskError(
+        f"cannot write {path}: {what} ({_free(path.parent)} free there); "
+        f"{_DISK_ADVICE[code]}, then run the same command again (finished work is kept)"
+    )
 
 
 def _temp_file(path: Path) -> Path:
@@ -67,14 +115,20 @@ def _atomic_path(path: str | Path):
     never an empty or torn one under the final name.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _temp_file(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = _temp_file(path)
+    except OSError as e:
+        raise (disk_error(path, e) or e) from None
     try:
         yield Path(tmp)
         fsync_path(tmp)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
+        failed = disk_error(path, e)  # (before the temp file's space is freed)
         Path(tmp).unlink(missing_ok=True)
+        if failed is not None:
+            raise failed from None
         raise
     fsync_path(path.parent)
 
@@ -141,11 +195,15 @@ def write_jsonl(path: str | Path, rows: Iterable[dict]) -> Path:
 
 
 def append_jsonl(path: str | Path, row: dict) -> None:
-    """Append one line and fsync it (metrics survive a kill -9 right after)."""
-    with open(path, "a") as f:
-        f.write(json.dumps(row, default=_json_default) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
+    """Append one line and fsync it (metrics survive a kill -9 right after). A full disk
+    raises :class:`DiskError`; a torn line it leaves is dropped when the file is read."""
+    try:
+        with open(path, "a") as f:
+            f.write(json.dumps(row, default=_json_default) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+    except OSError as e:
+        raise (disk_error(path, e) or e) from None
 
 
 @dataclass(frozen=True)
@@ -254,9 +312,12 @@ def writer_lock(folder: str | Path, *, enabled: bool = True):
         yield
         return
     created = not root.exists()
-    root.mkdir(parents=True, exist_ok=True)
     path = root / LOCK_NAME
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    except OSError as e:
+        raise (disk_error(path, e) or e) from None
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -269,9 +330,13 @@ def writer_lock(folder: str | Path, *, enabled: bool = True):
     except OSError as e:  # ENOLCK: a filesystem without locks
         print(f"warning: cannot lock {path} ({e.strerror}); two writers would not be refused")
     else:
-        os.ftruncate(fd, 0)
         stamp = time.strftime("%Y-%m-%dT%H:%M:%S%z")
-        os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()} since {stamp}\n".encode(), 0)
+        me = f"pid {os.getpid()} on {socket.gethostname()} since {stamp}\n"
+        try:  # who holds it, for the message of a refused writer (on a full disk: unsaid)
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, me.encode(), 0)
+        except OSError:
+            pass
     _HELD[root] = fd
     try:
         yield
