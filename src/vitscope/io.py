@@ -40,12 +40,13 @@ _DISK_ADVICE = {
 }
 
 
-def _free(folder: Path) -> str:
+def _free_bytes(folder: Path) -> int | None:
+    """Bytes an unprivileged writer may still use on ``folder``'s filesystem (None: unknown)."""
     try:
         st = os.statvfs(folder)
     except OSError:
-        return "unknown"
-    return f"{st.f_bavail * st.f_frsize / 2**20:.1f} MiB"
+        return None
+    return st.f_bavail * st.f_frsize
 
 
 def disk_error(path: str | Path, e: BaseException) -> DiskError | None:
@@ -56,19 +57,14 @@ def disk_error(path: str | Path, e: BaseException) -> DiskError | None:
     that ends with (nearly) no space left on the folder's filesystem counts as ``ENOSPC``.
     """
     path = Path(path)
-    code = getattr(e, "errno", None)
+    code, free = getattr(e, "errno", None), _free_bytes(path.parent)
     if code is None and isinstance(e, RuntimeError) and "inline_container" in str(e):
-        try:
-            st = os.statvfs(path.parent)
-            if st.f_bavail * st.f_frsize < 2**20:
-                code = errno.ENOSPC
-        except OSError:
-            pass
+        code = errno.ENOSPC if free is not None and free < 2**20 else None
     if code not in _DISK_ADVICE:
         return None
-    what = os.strerror(code)
+    left = "unknown" if free is None else f"{free / 2**20:.1f} MiB"
     return DiskError(
-        f"cannot write {path}: {what} ({_free(path.parent)} free there); "
+        f"cannot write {path}: {os.strerror(code)} ({left} free there); "
         f"{_DISK_ADVICE[code]}, then run the same command again (finished work is kept)"
     )
 
@@ -95,12 +91,12 @@ def fsync_path(path: str | Path) -> None:
     A folder is flushed so that a rename in it survives a power loss; filesystems that refuse
     to fsync a folder (some network ones) are left as they are.
     """
-    flags = os.O_RDONLY | (getattr(os, "O_DIRECTORY", 0) if Path(path).is_dir() else 0)
-    fd = os.open(path, flags)
+    folder = Path(path).is_dir()
+    fd = os.open(path, os.O_RDONLY | (getattr(os, "O_DIRECTORY", 0) if folder else 0))
     try:
         os.fsync(fd)
     except OSError:
-        if not Path(path).is_dir():
+        if not folder:
             raise
     finally:
         os.close(fd)

@@ -68,14 +68,20 @@ def requested() -> bool:
 
 
 def signal_name() -> str:
-    return signal.Signals(_received).name if _received is not None else "no signal"
+    """The signal received here, or (under torchrun) what a rank that got none says."""
+    return signal.Signals(_received).name if _received is not None else "a rank's stop signal"
+
+
+def stop(where: str) -> None:
+    """Raise :class:`Preempted`: the work stops after ``where`` (the safe point just reached
+    and saved). Called where the ranks agreed to stop, also on a rank the signal missed."""
+    raise Preempted(f"{signal_name()} received; stopped after {where}")
 
 
 def check(where: str) -> None:
-    """Raise :class:`Preempted` if a stop signal has arrived; ``where``: the safe point just
-    reached (and saved), for the message."""
+    """:func:`stop` if a stop signal has arrived in this process; a no-op otherwise."""
     if _received is not None:
-        raise Preempted(f"{signal_name()} received; stopped after {where}")
+        stop(where)
 
 
 def reset() -> None:

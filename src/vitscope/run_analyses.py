@@ -148,7 +148,7 @@ def analyze_model(
         if timings is not None:
             timings[name] = time.perf_counter() - t0
         if dist_utils.broadcast_object(preempt.requested()):  # rank 0 decides for all
-            preempt.check(f"{name} of {rd.root} (saved)")
+            preempt.stop(f"{name} of {rd.root} (saved)")
     return done
 
 

@@ -175,6 +175,7 @@ def train_one_epoch(
     n = len(labels)
     steps = math.ceil(n / cfg.batch_size)
     device = labels.device  # on the training device, like the in-memory images
+    amp = amp_of(device, cfg.amp)  # train.amp=auto resolved once, not per step
     sums = torch.zeros(4, dtype=torch.float64, device=device)  # loss, nll, correct, images
     first, before = 0, 0.0
     if resume is not None:
@@ -194,7 +195,7 @@ def train_one_epoch(
         x, target = augment(x_u8, y)
         if cfg.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        with autocast(device, cfg.amp):
+        with autocast(device, amp):
             logits = forward(x)
         logits = logits.float()
         loss = soft_cross_entropy(logits, target)  # mean over this rank's images
@@ -238,7 +239,7 @@ def train_one_epoch(
         "train_acc": correct / max(seen, 1),
         "images": int(seen),
         "seconds": seconds,
-        "amp": amp_of(device, cfg.amp),
+        "amp": amp,
     }
 
 

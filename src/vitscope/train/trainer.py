@@ -309,7 +309,7 @@ def train(cfg: RunConfig | None, out: str | Path, *, resume: bool = False) -> Tr
             resume=partial if epoch == start_epoch else None,
         )  # fmt: skip
         if "stopped_at" in stats:  # a stop signal: save the epoch so far, then stop
-            _save_partial(rd, model, optimizer, epoch, stats, best, elapsed)
+            _save_partial(rd, model, optimizer, epoch, stats)
         elapsed += stats["seconds"]
         last = _metrics_row(epoch, t, optimizer, stats, test, elapsed, n_params)
         improved = test is not None and test["acc"] > best["acc"]
@@ -359,21 +359,19 @@ def _start(rd: RunDir, cfg: RunConfig, model, optimizer, indices, resuming: bool
     return start_epoch, best, elapsed, rows
 
 
-def _save_partial(rd: RunDir, model, optimizer, epoch: int, stats, best, elapsed) -> None:
-    """Save an epoch stopped by a signal (``checkpoints/preempt.pt``), then raise
+def _save_partial(rd: RunDir, model, optimizer, epoch: int, stats) -> None:
+    """Save an epoch stopped by a signal (``checkpoints/preempt.pt``; the best metrics and
+    the elapsed time stay those of ``last.pt``), then raise
     :class:`~vitscope.preempt.Preempted`; collective under torchrun."""
     rng_ranks = gather_rng_states()
     sums = distributed.gather_objects(stats["sums"])  # each rank resumes its own sums
     path = rd.checkpoint("preempt")
     if distributed.is_main():
         partial = {"stopped_at": stats["stopped_at"], "sums": sums, "seconds": stats["seconds"]}
-        save_checkpoint(path, model=model, optimizer=optimizer, epoch=epoch, best=best,
-                        elapsed=elapsed, rng_ranks=rng_ranks, partial=partial)  # fmt: skip
+        save_checkpoint(path, model=model, optimizer=optimizer, epoch=epoch,
+                        rng_ranks=rng_ranks, partial=partial)  # fmt: skip
     distributed.barrier()
-    raise preempt.Preempted(
-        f"{preempt.signal_name()} received; stopped after step {stats['stopped_at']} of epoch "
-        f"{epoch + 1}, saved in {path}"
-    )
+    preempt.stop(f"step {stats['stopped_at']} of epoch {epoch + 1}, saved in {path}")
 
 
 def _resume_partial(rd: RunDir, model, optimizer, start_epoch: int) -> dict | None:
