@@ -137,7 +137,7 @@ def test_only_rank_0_writes_and_prints(ddp_random):
     assert [r["epoch"] for r in read_jsonl(out / "metrics.jsonl")] == [1, 2, 3]
     assert stdout.count("test accuracy") == 1 and stdout.count("run: ") == 1
     names = sorted(p.name for p in (out / "checkpoints").iterdir())
-    assert names == ["best.pt", "init.pt", "last.pt", "warmup.pt"]  # no temporary leftovers
+    assert names == ["best.pt", "init.pt", "last.prev.pt", "last.pt", "warmup.pt"]  # no temps
     assert len(load_checkpoint(out / "checkpoints" / "last.pt")["rng_ranks"]) == 2
 
 

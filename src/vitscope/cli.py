@@ -11,6 +11,7 @@ import argparse
 import functools
 import os
 import sys
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 
@@ -594,10 +595,17 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _warning_line(message, category, filename, lineno, line=None) -> str:
+    """Warnings on the command line: one ``warning: ...`` line (no source location), like
+    the errors; library callers keep Python's format."""
+    return f"warning: {message}\n"
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``vitscope`` console script."""
     args = build_parser().parse_args(argv)
     handler: Callable[[argparse.Namespace], int] = args.func
+    formatwarning, warnings.formatwarning = warnings.formatwarning, _warning_line
     try:
         from .threads import configure, parse_threads
 
@@ -615,6 +623,8 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted; re-run the same command to resume", file=sys.stderr)
         return 130
+    finally:
+        warnings.formatwarning = formatwarning
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -170,18 +170,33 @@ def _json_default(o: Any) -> Any:
 
 
 def read_jsonl(path: str | Path) -> list[dict]:
-    """Read a JSON-lines file, ignoring a torn last line left by a kill."""
+    """Read a JSON-lines file of objects. A torn last line (a kill mid-append leaves one
+    without its newline) is dropped; any other line that is not a JSON object is refused
+    with a one-line :class:`VitscopeError` naming the file and line, since skipping it
+    would silently lose the rows after it."""
     p = Path(path)
     if not p.exists():
         return []
+    try:
+        text = p.read_text(errors="replace")
+    except OSError as e:
+        raise VitscopeError(f"cannot read {p}: {e.strerror}") from None
+    lines = text.split("\n")  # the last element: what follows the final newline ("" if whole)
     rows = []
-    for line in p.read_text().splitlines():
+    for number, line in enumerate(lines, 1):
         if not line.strip():
             continue
         try:
-            rows.append(json.loads(line))
+            row = json.loads(line)
         except json.JSONDecodeError:
-            break  # a torn final line; everything before it is intact
+            row = None
+        if isinstance(row, dict):
+            rows.append(row)
+        elif number < len(lines):  # a whole line (it has its newline) that is no JSON object
+            raise VitscopeError(
+                f"{p} line {number} is not a JSON object (the file was damaged or edited); "
+                "repair or delete that line"
+            )
     return rows
 
 
@@ -191,15 +206,30 @@ def write_jsonl(path: str | Path, rows: Iterable[dict]) -> Path:
 
 
 def append_jsonl(path: str | Path, row: dict) -> None:
-    """Append one line and fsync it (metrics survive a kill -9 right after). A full disk
-    raises :class:`DiskError`; a torn line it leaves is dropped when the file is read."""
+    """Append one line and fsync it (metrics survive a kill -9 right after). A torn last
+    line a kill left (no newline) is cut off first, so it cannot swallow the new row. A full
+    disk raises :class:`DiskError`."""
     try:
-        with open(path, "a") as f:
-            f.write(json.dumps(row, default=_json_default) + "\n")
+        with open(path, "ab+") as f:
+            _cut_torn_tail(f)
+            f.write((json.dumps(row, default=_json_default) + "\n").encode())
             f.flush()
             os.fsync(f.fileno())
     except OSError as e:
         raise (disk_error(path, e) or e) from None
+
+
+def _cut_torn_tail(f) -> None:
+    """Truncate a binary file open for appending after its last newline (if it lacks one)."""
+    end = f.seek(0, os.SEEK_END)
+    if end == 0:
+        return
+    f.seek(end - 1)
+    if f.read(1) == b"\n":
+        return
+    f.seek(0)
+    keep = f.read().rfind(b"\n") + 1  # (JSON-lines files here are small: metrics, logs)
+    f.truncate(keep)
 
 
 @dataclass(frozen=True)

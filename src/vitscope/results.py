@@ -10,6 +10,7 @@ torch; see ``docs/architecture.md``.
 from __future__ import annotations
 
 import json
+import zipfile
 from dataclasses import asdict, dataclass, field, is_dataclass
 from pathlib import Path
 from typing import Any
@@ -75,15 +76,18 @@ class Result:
             if not isinstance(body, dict) or not isinstance(body.get("values"), dict):
                 raise ValueError("not a result")
         except (json.JSONDecodeError, ValueError, UnicodeDecodeError):
-            raise VitscopeError(f"{path} is corrupt; delete it and re-run the analysis") from None
+            raise VitscopeError(
+                f"{path} is corrupt; run `vitscope analyze` on its run again to compute it anew"
+            ) from None
         arrays: dict[str, np.ndarray] = {}
         if body.get("arrays"):
             try:
                 with np.load(d / f"{name}.npz", allow_pickle=False) as npz:
                     arrays = {k: npz[k] for k in npz.files}
-            except (OSError, ValueError) as e:
+            except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
                 raise VitscopeError(
-                    f"{d / (name + '.npz')} is unreadable ({e}); re-run the analysis"
+                    f"{d / (name + '.npz')} is unreadable ({e}); run `vitscope analyze` on "
+                    "its run again to compute it anew"
                 ) from None
         return cls(
             str(body.get("name", name)),

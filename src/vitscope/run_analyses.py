@@ -127,13 +127,13 @@ def analyze_model(
     for name in names:
         path = rd.results / f"{name}.json"
         redo = force if isinstance(force, bool) else name in force
+        analysis = get_analysis(name)
         # rank 0 decides, so no rank skips an analysis the others run
-        if dist_utils.broadcast_object(Result.exists(rd.results, name) and not redo):
+        if dist_utils.broadcast_object(main and not redo and _finished(analysis, rd, log)):
             if main:
                 log(f"{name}: exists, skipped ({path})")
             done[name] = path
             continue
-        analysis = get_analysis(name)
         if analysis.split == "train" and train_data is None:
             raise VitscopeError(f"{name} needs training data: run it on a run directory")
         inputs = train_data if analysis.split == "train" else data
@@ -150,6 +150,24 @@ def analyze_model(
         if dist_utils.broadcast_object(preempt.requested()):  # rank 0 decides for all
             preempt.stop(f"{name} of {rd.root} (saved)")
     return done
+
+
+def _finished(analysis: Analysis, rd: RunDir, log: Callable[[str], None]) -> bool:
+    """Whether ``rd`` holds a whole result of ``analysis``. One that is unreadable (a torn
+    or damaged file) or lacks a key its readers need is named in one line and computed again
+    (its partial items, if any, are kept)."""
+    if not Result.exists(rd.results, analysis.name):
+        return False
+    try:
+        missing = analysis.missing(Result.load(rd.results, analysis.name))
+    except VitscopeError as e:
+        log(f"{analysis.name}: {str(e).split(';')[0]}; computing it again")
+        return False
+    if missing:
+        log(f"{analysis.name}: {rd.results / analysis.name}.json lacks {', '.join(missing)} "
+            "(damaged, edited or from another version); computing it again")  # fmt: skip
+        return False
+    return True
 
 
 def _check_classes(model, data: EvalData, train_data, names, device: str) -> None:

@@ -2,7 +2,10 @@
 
 Each analysis module writes its result through its class (``fourier.Keys`` is
 :class:`FourierKeys`), and every reader (figures, summaries, the report's sections and claim
-rules) reads through the same class, so a renamed key fails loudly everywhere at once. This
+rules) reads through the same class, so a renamed key fails loudly everywhere at once.
+``REQUIRED`` names the keys without which a saved result cannot be read at all (the report
+refuses it and says how to compute it again); every other key but the ``OPTIONAL`` ones is
+part of a whole result (``vitscope analyze`` computes a result that lacks one again). This
 module imports nothing, so the report can use it without loading torch or the analyses.
 """
 
@@ -19,6 +22,7 @@ class FourierKeys:
     MAP = "map_{}"  # array: mean centred log amplitude of unit i
     CURVE = "curve_{}"  # array: the curve of unit i
     HIGH_FREQ_IMAGES = "high_freq_images"  # array (units, images): each image's Δ at 1.0π
+    REQUIRED = (UNITS, HIGH_FREQ)  # without these no reader can use it
 
 
 class VarianceKeys:
@@ -28,6 +32,7 @@ class VarianceKeys:
     VARIANCE = "variance"  # mean spatial variance, one per unit
     VARIANCE_IMAGES = "variance_images"  # array (units, images): each image's variance
     NUM_IMAGES = "num_images"
+    REQUIRED = (UNITS, VARIANCE)  # without these no reader can use it
 
 
 class NoiseKeys:
@@ -39,6 +44,7 @@ class NoiseKeys:
     BAND_BINS = "band_bins"  # frequency bins kept per band
     NUM_IMAGES = "num_images"
     CORRECT = "correct"  # array (1 + bands, images) uint8: row 0 clean, row k band k
+    REQUIRED = (FREQUENCIES, DELTA_ACC)  # without these no reader can use it
 
 
 class LesionKeys:
@@ -50,6 +56,7 @@ class LesionKeys:
     NUM_IMAGES = "num_images"
     REMOVED = "removed"  # the unit index of each lesion row of CORRECT
     CORRECT = "correct"  # array (1 + lesions, images) uint8: row 0 intact, row j REMOVED[j-1]
+    REQUIRED = (UNITS, DELTA_ACC)  # without these no reader can use it
 
 
 class OverfittingKeys:
@@ -59,6 +66,7 @@ class OverfittingKeys:
     TRAIN_ACC = "train_acc"  # accuracy against the argmax of the soft targets
     IMAGES = "images"
     TRANSFORM = "transform"
+    REQUIRED = (TRAIN_NLL,)  # without these no reader can use it
 
 
 class LandscapeKeys:
@@ -77,6 +85,7 @@ class LandscapeKeys:
     WEIGHT_DECAY = "weight_decay"  # the L2 coefficient
     XS = "xs"  # array
     YS = "ys"  # array
+    REQUIRED = (XS, YS, LOSS)  # without these no reader can use it
 
 
 class HessianKeys:
@@ -93,6 +102,7 @@ class HessianKeys:
     DENSITY_NODES = "density_nodes"  # array (density batches, probes, steps)
     DENSITY_WEIGHTS = "density_weights"  # array
     OPTIONAL = (DENSITY, TRACE, DENSITY_NODES, DENSITY_WEIGHTS)  # only when computed
+    REQUIRED = (EIGENVALUES,)  # without these no reader can use it
 
 
 class CorruptionKeys:
@@ -107,6 +117,7 @@ class CorruptionKeys:
     NUM_IMAGES = "num_images"
     SOURCE = "source"  # "generated" or the folder of released arrays
     CORRECT = "correct"  # array (1 + C * S, images) uint8: row 0 clean, row 1 + c S + s - 1
+    REQUIRED = (CORRUPTIONS, SEVERITIES, ACCURACY)  # without these no reader can use it
 
 
 __all__ = [

@@ -157,6 +157,23 @@ class Analysis:
             out[str(label)] = v if v is not None and v == v and abs(v) != float("inf") else None
         return out
 
+    def missing(self, result: Result, *, required_only: bool = False) -> list[str]:
+        """The keys ``result`` lacks, in neither its values nor its arrays: every key its
+        ``keys`` class names (upper-case string attributes, but ``{}`` patterns and those in
+        ``keys.OPTIONAL``), or with ``required_only`` just those in ``keys.REQUIRED``. A saved
+        result that lacks one was damaged, edited or written by an older version:
+        ``vitscope analyze`` computes it again; the report refuses one that lacks a required
+        key (and reads around the others)."""
+        if self.keys is None:
+            return []
+        if required_only:
+            wanted = list(getattr(self.keys, "REQUIRED", ()))
+        else:
+            optional = set(getattr(self.keys, "OPTIONAL", ()))
+            named = [getattr(self.keys, k) for k in dir(self.keys) if k.isupper()]
+            wanted = [k for k in named if isinstance(k, str) and "{" not in k and k not in optional]
+        return [k for k in wanted if k not in result.values and k not in result.arrays]
+
     def execute(
         self,
         model: Any,

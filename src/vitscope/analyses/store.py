@@ -22,6 +22,7 @@ from __future__ import annotations
 import hashlib
 import json
 import warnings
+import zipfile
 from collections.abc import Callable, Hashable
 from pathlib import Path
 from typing import Any
@@ -85,10 +86,15 @@ class PartialStore:
 
     def _resume_main(self, arrays: Callable[[], dict[str, np.ndarray]] | None) -> dict:
         records = self._load()
-        if records is None:  # a fresh start: the arrays, then the file with the key
-            if arrays is not None:
-                atomic_write_npz(self.npz, arrays())
-            records = {}
+        if arrays is not None and (records is None or not self._arrays_readable()):
+            if records:  # the arrays follow from the key: the finished items still fit them
+                warnings.warn(
+                    f"{self.npz} is missing or unreadable; writing it again and keeping the "
+                    f"{len(records)} finished items of {self.json.name}",
+                    stacklevel=5,
+                )
+            atomic_write_npz(self.npz, arrays())  # on a fresh start: before the key's file
+        records = records or {}
         # other ranks' items under this key are kept even on a fresh start (rank 0 killed
         # before its file was written): the key fixes them, and ``arrays`` must be a
         # function of the key (the landscape's directions are seeded), so they still fit
@@ -110,21 +116,26 @@ class PartialStore:
                     f"{self.json} is from another config or model; starting over", stacklevel=5
                 )
                 return None
-            if self.npz.name in body.get("files", []) and not self.npz.is_file():
-                raise OSError(f"{self.npz.name} is missing")
             return {_item(json.loads(k)): v for k, v in body["items"].items()}
         except (OSError, ValueError, KeyError, AttributeError, TypeError) as e:
             warnings.warn(f"unreadable {self.json} ({e}); starting over", stacklevel=5)
             return None
+
+    def _arrays_readable(self) -> bool:
+        """Whether the arrays file is whole (every member read: zip CRCs checked)."""
+        try:
+            self._read_arrays()
+        except (OSError, ValueError, EOFError, zipfile.BadZipFile):
+            return False
+        return True
 
     def _read_arrays(self) -> dict[str, np.ndarray]:
         with np.load(self.npz, allow_pickle=False) as z:
             return {k: z[k] for k in z.files}
 
     def _write(self) -> None:
-        files = [self.npz.name] if self.npz.is_file() else []
         items = {json.dumps(_json_item(i)): r for i, r in self.records.items()}
-        atomic_write_json(self.json, {"key": self.key, "files": files, "items": items})
+        atomic_write_json(self.json, {"key": self.key, "items": items})
 
     def add(self, item: Hashable, record: Any) -> None:
         """Keep one finished item: rank 0 rewrites its file, other ranks append to their log;

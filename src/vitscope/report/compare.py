@@ -112,5 +112,17 @@ def compare_figure(name: str, results: Sequence[Result]) -> Figure:
 
 def compare_runs(name: str, run_dirs: Sequence[str | Path], out: str | Path) -> Path:
     """Load ``name`` from each run's ``results/`` and save the overlay figure to ``out``."""
-    results = [Result.load(Path(d) / "results", name) for d in run_dirs]
+    from ..analyses import get_analysis
+
+    spec = get_analysis(name)
+    results = []
+    for d in run_dirs:
+        result = Result.load(Path(d) / "results", name)
+        missing = spec.missing(result, required_only=True)
+        if missing:
+            raise VitscopeError(
+                f"{Path(d) / 'results' / name}.json lacks {', '.join(missing)}; run "
+                f"`vitscope analyze {d} --only {name}` to compute it again"
+            )
+        results.append(result)
     return save_figure(compare_figure(name, results), Path(out))

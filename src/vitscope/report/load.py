@@ -218,11 +218,28 @@ def load_run(run_dir: Path, study: str, name: str) -> StudyRun:
         if analysis.startswith("evaluate_"):  # `vitscope evaluate` metrics, not a result
             continue
         try:
-            run.results[analysis] = Result.load(run_dir / "results", analysis)
+            result = Result.load(run_dir / "results", analysis)
         except (VitscopeError, KeyError, ValueError) as e:
             run.errors[analysis] = str(e)
+            continue
+        missing = _missing_keys(analysis, result)
+        if missing:  # nothing is drawn or scored from a result that lacks what readers need
+            run.errors[analysis] = (
+                f"{run_dir / 'results' / analysis}.json lacks {', '.join(missing)}; run "
+                f"`vitscope analyze {run_dir} --only {analysis}` to compute it again"
+            )
+        else:
+            run.results[analysis] = result
     run.recorded_family = _recorded_family(run_dir, run.results.values())
     return run
+
+
+def _missing_keys(name: str, result: Result) -> list[str]:
+    """The required keys a result of a known analysis lacks ([] for an unknown analysis)."""
+    from ..analyses import analyses
+
+    spec = analyses().get(name)
+    return spec.missing(result, required_only=True) if spec is not None else []
 
 
 def _recorded_family(run_dir: Path, results: Iterable[Result]) -> str | None:

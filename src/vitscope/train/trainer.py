@@ -7,6 +7,7 @@ resume=True)``, which reads the config back from the directory.
 
 from __future__ import annotations
 
+import os
 import random
 import warnings
 from dataclasses import dataclass
@@ -229,10 +230,43 @@ def _parallel(model: nn.Module, t: TrainConfig, device: torch.device) -> nn.Modu
     return torch.compile(model) if t.compile else model
 
 
-def _resume(rd: RunDir, model: nn.Module, optimizer, cfg: RunConfig) -> dict:
-    """Load ``last.pt`` into ``model`` and ``optimizer`` and restore this rank's RNG states."""
-    # on the CPU: RNG states must stay there; load_state_dict copies onto the device
-    ckpt = load_checkpoint(rd.checkpoint("last"))
+def _last_checkpoint(rd: RunDir) -> dict | None:
+    """The newest readable end-of-epoch checkpoint: ``last.pt``, else (missing: killed while
+    it was replaced; torn or damaged) ``last.prev.pt``, the epoch before, with a warning;
+    None for a run that finished no epoch. Neither readable: a one-line error with the fix."""
+    last, prev = rd.checkpoint("last"), rd.checkpoint("last.prev")
+    problem = f"{last} is missing"
+    if last.is_file():
+        try:
+            return load_checkpoint(last)
+        except VitscopeError as e:
+            problem = str(e).split(";")[0]  # (its advice does not fit here)
+    if not prev.is_file():
+        if not last.is_file():
+            return None
+        raise VitscopeError(
+            f"cannot resume: {problem}, and there is no {prev.name} to fall back to; "
+            f"delete {last} to train the run again from the start"
+        )
+    try:
+        ckpt = load_checkpoint(prev)
+    except VitscopeError as e:
+        raise VitscopeError(
+            f"cannot resume: {problem}, and {str(e).split(';')[0]}; delete both to train the "
+            "run again from the start"
+        ) from None
+    if distributed.is_main():
+        warnings.warn(
+            f"{problem}; resuming from {prev.name} (epoch {ckpt['epoch']}): the epoch after "
+            "it is trained again",
+            stacklevel=4,
+        )
+    return ckpt
+
+
+def _resume(rd: RunDir, ckpt: dict, model: nn.Module, optimizer, cfg: RunConfig) -> dict:
+    """Load an end-of-epoch checkpoint into ``model`` and ``optimizer`` and restore this
+    rank's RNG states."""
     model.load_state_dict(ckpt["model"])
     optimizer.load_state_dict(ckpt["optimizer"])
     if not restore_rng_states(ckpt):
@@ -344,11 +378,12 @@ def _build(cfg: RunConfig, device: torch.device) -> tuple:
 def _start(rd: RunDir, cfg: RunConfig, model, optimizer, indices, resuming: bool) -> tuple:
     """``(start epoch, best, elapsed, metric rows)``: from ``last.pt`` or a new run directory."""
     start_epoch, best, elapsed, rows = 0, {"acc": -1.0}, 0.0, []
-    if resuming and rd.checkpoint("last").is_file():
-        ckpt = _resume(rd, model, optimizer, cfg)
+    ckpt = _last_checkpoint(rd) if resuming else None  # on the CPU, like the RNG states
+    if ckpt is not None:
+        ckpt = _resume(rd, ckpt, model, optimizer, cfg)
         start_epoch, best, elapsed = ckpt["epoch"], ckpt["best"], ckpt["elapsed"]
         # metrics written after this checkpoint belong to an epoch that will be redone
-        rows = [r for r in read_jsonl(rd.metrics) if r["epoch"] <= start_epoch]
+        rows = [r for r in _metric_rows(rd) if r["epoch"] <= start_epoch]
     distributed.barrier()  # every rank has read the directory before rank 0 writes to it
     if distributed.is_main():
         rd.make()
@@ -357,6 +392,18 @@ def _start(rd: RunDir, cfg: RunConfig, model, optimizer, indices, resuming: bool
         else:  # new, or killed before its first epoch ended
             _write_new_run(rd, cfg, indices, model)
     return start_epoch, best, elapsed, rows
+
+
+def _metric_rows(rd: RunDir) -> list[dict]:
+    """The run's metrics lines (a torn last one dropped), each checked to name its epoch."""
+    rows = read_jsonl(rd.metrics)
+    for i, row in enumerate(rows, 1):
+        if not isinstance(row.get("epoch"), int) or isinstance(row["epoch"], bool):
+            raise VitscopeError(
+                f"{rd.metrics}: row {i} has no integer 'epoch' (the file was damaged or "
+                "edited); repair or delete that line, then resume"
+            )
+    return rows
 
 
 def _save_partial(rd: RunDir, model, optimizer, epoch: int, stats) -> None:
@@ -377,11 +424,18 @@ def _save_partial(rd: RunDir, model, optimizer, epoch: int, stats) -> None:
 def _resume_partial(rd: RunDir, model, optimizer, start_epoch: int) -> dict | None:
     """Continue an epoch a signal stopped: load ``preempt.pt`` when it continues the epoch
     that starts now (and was saved by as many ranks); returns ``train_one_epoch``'s
-    ``resume``, or None (no such epoch; a stale file is ignored)."""
+    ``resume``, or None (no such epoch; a stale file is ignored, an unreadable one with a
+    warning: the epoch is then trained again from its start)."""
     path = rd.checkpoint("preempt")
     if not path.is_file():
         return None
-    ckpt = load_checkpoint(path)
+    try:
+        ckpt = load_checkpoint(path)
+    except VitscopeError as e:
+        if distributed.is_main():
+            warnings.warn(f"{str(e).split(';')[0]}; the stopped epoch is trained again from "
+                          "its start", stacklevel=3)  # fmt: skip
+        return None
     if ckpt["epoch"] != start_epoch or len(ckpt["rng_ranks"]) != distributed.world_size():
         return None  # older than last.pt, or another world size: the epoch is redone
     model.load_state_dict(ckpt["model"])
@@ -521,7 +575,11 @@ def _save_epoch(rd, t, model, optimizer, row, best, improved, elapsed, rng_ranks
         save_checkpoint(rd.checkpoint("warmup"), model=model, epoch=epoch)
     if t.snapshot_every and epoch % t.snapshot_every == 0:
         save_checkpoint(rd.checkpoint(f"epoch{epoch}"), model=model, epoch=epoch)
-    # last.pt is written last: it marks the epoch as complete
+    # last.pt is written last: it marks the epoch as complete; the one before it stays as
+    # last.prev.pt, where a resume goes if last.pt is found damaged
+    last = rd.checkpoint("last")
+    if last.is_file():
+        os.replace(last, rd.checkpoint("last.prev"))
     save_checkpoint(
         rd.checkpoint("last"),
         model=model,
