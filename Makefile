@@ -14,7 +14,7 @@ TV_VENV ?= .venv-tv
 TV_BIN := $(TV_VENV)/bin
 TV_TORCH := $(if $(filter aarch64,$(shell uname -m)),torch==2.9.1 torchvision==0.24.1,torch==2.14.1 torchvision==0.29.1)
 
-.PHONY: demo test setup dev tv data browser bench lint clean
+.PHONY: demo test setup dev tv data browser bench chaos lint clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -68,9 +68,13 @@ demo: data
 # test needing one that is missing fails, never skips.
 test: dev tv data browser
 	VITSCOPE_TEST_ARTIFACTS=$(CURDIR)/runs/test-artifacts VITSCOPE_REQUIRE_EXTRAS=transformers \
-		$(BIN)/python -m pytest -m "not tv"
+		$(BIN)/python -m pytest -m "not tv and not chaos"
 	VITSCOPE_REQUIRE_EXTRAS=timm,torchvision $(TV_BIN)/python -m pytest -m tv \
 		-p no:cacheprovider
+
+# The long chaos test: a smoke study SIGKILLed three times inside each of its steps (minutes).
+chaos: dev data
+	$(BIN)/python -m pytest -m chaos -s tests/test_chaos.py
 
 # Every CPU benchmark, one after another, and one table of ratios (benchmarks/bench_all.py).
 # PyHessian 0.1 is the reference of one of them; --no-deps keeps torch as it is.

@@ -176,3 +176,22 @@ def test_a_forked_worker_that_outlives_its_killed_parent_does_not_hold_the_lock(
             pass
     finally:
         os.kill(child, signal.SIGKILL)
+
+
+def test_taking_a_lock_removes_the_temp_files_a_killed_writer_left(tmp_path):
+    """A SIGKILL between a temp file's creation and its rename leaves `.NAME.xxxxxxxx.tmp`;
+    the next writer of that folder removes it, and leaves a subfolder with its own lock (its
+    own writer's to sweep) and files that only look alike."""
+    study = tmp_path / "study"
+    (study / "figures").mkdir(parents=True)
+    (study / "runs" / "a" / "results").mkdir(parents=True)
+    (study / "runs" / "a" / io.LOCK_NAME).touch()
+    stale = [study / ".report.html.0a1b2c3d.tmp", study / "figures" / ".x.png.deadbeef.tmp"]
+    kept = [study / "runs" / "a" / "results" / ".fourier.json.0a1b2c3d.tmp",
+            study / ".notes.tmp", study / "data.0a1b2c3d.tmp", study / "report.html"]  # fmt: skip
+    for p in stale + kept:
+        p.write_text("x")
+    with writer_lock(study):
+        assert [p for p in stale if p.exists()] == [] and all(p.exists() for p in kept)
+    with writer_lock(study / "runs" / "a"):
+        assert not kept[0].exists()

@@ -13,6 +13,7 @@ import inspect
 import json
 import os
 import platform
+import re
 import secrets
 import subprocess
 import sys
@@ -363,6 +364,7 @@ def writer_lock(folder: str | Path, *, enabled: bool = True):
             os.pwrite(fd, me.encode(), 0)
         except OSError:
             pass
+        _remove_stale_temps(root)
     _HELD[root] = fd
     try:
         yield
@@ -372,6 +374,24 @@ def writer_lock(folder: str | Path, *, enabled: bool = True):
             path.unlink(missing_ok=True)
             root.rmdir()
         os.close(fd)  # releases the lock; the file stays (removing it would race a waiter)
+
+
+_TEMP = re.compile(r"^\..+\.[0-9a-f]{8}\.tmp$")  # the names _temp_file gives
+
+
+def _remove_stale_temps(root: Path) -> None:
+    """Remove the temporary files a killed writer left in ``root`` (this process now holds its
+    lock, so no live writer owns them); a subfolder with its own lock is its writer's to sweep."""
+    for here, dirs, names in os.walk(root):
+        if here != str(root) and LOCK_NAME in names:
+            dirs.clear()
+            continue
+        for name in names:
+            if _TEMP.match(name):
+                try:
+                    os.unlink(os.path.join(here, name))
+                except OSError:
+                    pass
 
 
 def writes_folder(param: str):
