@@ -125,6 +125,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from .config import resolve
     from .train import train
 
+    if args.dry_run:
+        return _dry_run_train(args)
     if args.resume:
         given = (args.model, args.data, args.fraction, args.epochs, args.config, args.amp)
         if any(v is not None for v in given) or args.set or args.compile or args.channels_last:
@@ -291,13 +293,50 @@ def _cmd_compare(args: argparse.Namespace) -> int:
 
 @_plugins
 @_distributed
+def _dry_run_train(args: argparse.Namespace) -> int:
+    """``train --dry-run``: the resolved config as ``config.yaml`` would hold it, or the one
+    line that says what is wrong with it."""
+    from .config import dump_yaml, resolve
+    from .data import DATASETS
+    from .models import MODELS
+
+    if args.resume:
+        raise VitscopeError("--dry-run checks a new run's config; drop --resume")
+    cfg = resolve(preset=args.preset, config_file=args.config, overrides=_train_overrides(args),
+                  sets=args.set)  # fmt: skip
+    MODELS.get(cfg.model.name)  # unknown names: one line listing the valid ones
+    DATASETS.get(cfg.data.name)
+    print(dump_yaml(cfg), end="")
+    return 0
+
+
 def _cmd_reproduce(args: argparse.Namespace) -> int:
     from .study import reproduce
 
     force = [f.strip() for f in (args.force or "").split(",") if f.strip()]
     seeds = None if args.seeds is None else _seed_list(args.seeds)
+    if args.dry_run:
+        return _dry_run_study(args.preset, seeds)
+    if args.out is None:
+        raise VitscopeError("vitscope reproduce needs --out DIR (or --dry-run)")
     # logs the report's path
     reproduce(args.preset, args.out, force=force, device=args.device, seeds=seeds)
+    return 0
+
+
+def _dry_run_study(preset: str, seeds: list[int] | None) -> int:
+    """``reproduce --dry-run``: the study as ``study.yaml`` would hold it and its runs."""
+    from dataclasses import replace
+
+    from .config import dump_yaml
+    from .study import load_study
+
+    study = load_study(preset)
+    if seeds is not None:
+        study = replace(study, seeds=tuple(seeds))
+    runs = [*study.run_configs(), *study.ablation_runs()]  # resolves every run's config
+    print(dump_yaml(study), end="")
+    print(f"# {len(runs)} runs: {', '.join(runs)}")
     return 0
 
 
@@ -407,6 +446,12 @@ def _add_train(sub) -> None:
         "--out", help="run directory to create (or continue, if it holds the same config)"
     )
     p.add_argument("--resume", metavar="DIR", help="continue the run in DIR with its saved config")
+    p.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="check the config (values, model and dataset names) and print the config.yaml "
+        "the run would write; train nothing",
+    )
     _threads_flag(p)
     p.set_defaults(func=_cmd_train)
 
@@ -534,7 +579,13 @@ def _add_reproduce(sub) -> None:
     p.add_argument(
         "--preset", default="cpu-mini", help="study preset (vitscope list studies) or YAML file"
     )
-    p.add_argument("--out", required=True, help="study directory (re-running resumes it)")
+    p.add_argument("--out", help="study directory (re-running resumes it)")
+    p.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="check the study (every run's config, the analyses' settings) and print the "
+        "study.yaml it would write and its runs; run nothing",
+    )
     p.add_argument(
         "--force", metavar="STEP[,STEP]", help="redo: train, analyze, report or an analysis name"
     )
@@ -572,8 +623,16 @@ def _add_evaluate(sub) -> None:
     p.set_defaults(func=_cmd_evaluate)
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with vitscope's error style: one ``error: ...`` line naming the command's
+    ``--help`` (not the usage block), exit status 2."""
+
+    def error(self, message: str):  # type: ignore[override]
+        self.exit(2, f"error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="vitscope",
         description="Why vision transformers behave as they do (Park & Kim, ICLR 2022).",
     )

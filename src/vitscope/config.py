@@ -242,7 +242,15 @@ class TrainConfig:
         )
         _check(self.amp in AMP_MODES, f"train.amp must be one of {AMP_MODES}, got {self.amp!r}")
         _check(math.isfinite(self.lr) and self.lr > 0, f"train.lr must be > 0, got {self.lr}")
-        _check(self.weight_decay >= 0, f"train.weight_decay must be >= 0, got {self.weight_decay}")
+        _check(
+            math.isfinite(self.weight_decay) and self.weight_decay >= 0,
+            f"train.weight_decay must be >= 0, got {self.weight_decay}",
+        )
+        _check(
+            math.isfinite(self.min_lr) and self.min_lr >= 0,
+            f"train.min_lr must be >= 0, got {self.min_lr}",
+        )
+        _check(0 <= self.momentum < 1, f"train.momentum must be in [0, 1), got {self.momentum}")
         _check(self.batch_size >= 1, f"train.batch_size must be >= 1, got {self.batch_size}")
         _check(
             self.eval_batch_size >= 1,
@@ -374,11 +382,22 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
     if origin is tuple:
         _check(isinstance(value, (list, tuple)), f"{where} must be a list, got {value!r}")
         return tuple(_coerce(v, args[0], where) for v in value)
+    if origin is list:
+        _check(isinstance(value, (list, tuple)), f"{where} must be a list, got {value!r}")
+        return [_coerce(v, args[0], where) for v in value]
     if tp is dict or origin is dict:
         _check(isinstance(value, dict), f"{where} must be a mapping, got {value!r}")
         if len(args) == 2 and is_dataclass(args[1]):  # dict[K, SomeConfig]
             return {
                 _coerce(k, args[0], where): _entry(args[1], v, f"{where}.{k}")
+                for k, v in value.items()
+            }
+        if len(args) == 2:  # dict[K, V]; a V that is a mapping may be left empty (null)
+            empty = args[1] is dict or typing.get_origin(args[1]) is dict
+            return {
+                _coerce(k, args[0], f"{where} key"): (
+                    {} if v is None and empty else _coerce(v, args[1], f"{where}.{k}")
+                )
                 for k, v in value.items()
             }
         return dict(value)
@@ -398,10 +417,13 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
             except ValueError:
                 pass
         _check(
-            isinstance(value, (int, float)) and not isinstance(value, bool),
+            isinstance(value, (int, float)) and not isinstance(value, bool) and value == value,
             f"{where} must be a number, got {value!r}",
-        )
-        return float(value)
+        )  # value == value: NaN is no setting of anything
+        try:
+            return float(value)
+        except OverflowError:  # an int past float's range
+            raise ConfigError(f"{where} must be a number in float range, got {value!r}") from None
     if tp is str:
         _check(isinstance(value, str), f"{where} must be a string, got {value!r}")
         return value

@@ -62,7 +62,12 @@ def init(device: str | torch.device = "cpu") -> torch.device:
     named does not constrain later ones (the CLI joins before the config names a device);
     object collectives and barriers then go through gloo. Calling it again is harmless.
     """
-    dev = torch.device(device)
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        from .errors import ConfigError
+
+        raise ConfigError(f"unknown device {device!r}; use cpu, cuda, cuda:N or mps") from None
     if dev.type == "cuda" and launched() and dev.index is None:
         dev = torch.device("cuda", local_rank())
     if dev.type == "cuda" and dev.index is not None and torch.cuda.is_available():
