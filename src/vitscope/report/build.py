@@ -27,6 +27,7 @@ from ..io import atomic_write_json, atomic_write_text
 from .blocks import Block, FigureWriter, Heading, Text
 from .claims import FAILS, HOLDS, INCONCLUSIVE, VERDICTS, Finding, check_all
 from .claims.base import LEVEL
+from .figures import literal_text
 from .load import StudyRun, load_ablations, load_runs
 from .render import render_html, render_markdown
 from .sections import (
@@ -116,6 +117,16 @@ def build_report(
             "config.yaml) under <study>/runs/"
         )
     out_dir, html_path, md_path = _outputs(dirs, out)
+    with literal_text():  # every figure's names are text, never mathtext
+        blocks, intro, title, found, seeds = _page(dirs, studies, runs, out_dir)
+    atomic_write_text(md_path, render_markdown(title, intro, blocks))
+    atomic_write_text(html_path, render_html(title, intro, blocks))
+    write_findings(out_dir / "findings.json", studies, found, seeds)
+    return html_path
+
+
+def _page(dirs: list[Path], studies: list[dict], runs: list[StudyRun], out_dir: Path):
+    """The report's blocks (drawing its figures into ``out_dir/figures``) and its findings."""
     figs = FigureWriter(out_dir)
     ablations = load_ablations(studies, runs)
     found = check_all(runs, ablations)
@@ -143,11 +154,7 @@ def build_report(
         Text(_seed_note(seeds), note=True),
         findings_table(found),
     ]
-    intro = _intro(studies, runs, found)
-    atomic_write_text(md_path, render_markdown(title, intro, blocks))
-    atomic_write_text(html_path, render_html(title, intro, blocks))
-    write_findings(out_dir / "findings.json", studies, found, seeds)
-    return html_path
+    return blocks, _intro(studies, runs, found), title, found, seeds
 
 
 def _seed_note(seeds: Sequence[int]) -> str:

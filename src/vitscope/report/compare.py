@@ -16,7 +16,7 @@ from matplotlib.figure import Figure
 from ..analyses.keys import FourierKeys, LandscapeKeys, LesionKeys, NoiseKeys, VarianceKeys
 from ..errors import VitscopeError
 from ..results import Result
-from .figures import save_figure, unit_marker
+from .figures import literal_text, save_figure, unit_marker
 from .hessian_figures import draw_spectra
 from .landscape_figures import plot_landscape_1d
 from .load import family
@@ -96,7 +96,8 @@ def overlay(name: str, draw: Callable, results: Sequence[Result]) -> Figure:
     if not results:
         raise VitscopeError(f"no {name} results to compare")
     fig = Figure(figsize=SIZES.get(name, SIZE), layout="constrained")
-    draw(results, fig)
+    with literal_text():
+        draw(results, fig)
     return fig
 
 

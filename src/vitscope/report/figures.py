@@ -29,6 +29,13 @@ from ..results import Result
 DPI = 130
 
 
+def literal_text():
+    """Inside it, text is drawn as given: a ``$`` in a run, model or unit name (names come
+    from users) is a dollar sign, not the start of mathtext that fails to parse. A label that
+    means mathtext says ``parse_math=True``."""
+    return mpl.rc_context({"text.parse_math": False})
+
+
 def subplots(size: tuple[float, float], *args: Any, **kwargs: Any) -> tuple[Figure, Any]:
     """``(fig, axes)`` like ``pyplot.subplots``, on a Figure no pyplot state holds."""
     fig = Figure(figsize=size, layout="constrained")
@@ -212,7 +219,8 @@ def single(draw: Any, size: tuple[float, float] = (4.0, 3.3)) -> Any:
 
     def make(result: Result) -> Figure:
         fig = Figure(figsize=size, layout="constrained")
-        draw(result, fig)
+        with literal_text():
+            draw(result, fig)
         return fig
 
     return make
@@ -227,7 +235,8 @@ def save_figure(fig: Figure, path: Path, dpi: int = DPI) -> Path:
 def draw_figure(result: Result, figure: FigureSpec) -> Figure:
     """The declared figure drawn on a new Figure of its size."""
     fig = Figure(figsize=figure.size, layout="constrained")
-    resolve_ref(figure.draw)(result, fig)
+    with literal_text():
+        resolve_ref(figure.draw)(result, fig)
     return fig
 
 

@@ -11,6 +11,7 @@ import base64
 import html
 import re
 from collections.abc import Sequence
+from urllib.parse import quote
 
 from .blocks import Block, Heading, Plot, Table, Text
 from .claims.base import FAILS, HOLDS
@@ -43,6 +44,13 @@ figcaption{font-size:.8em;color:#5b6670;max-width:560px;margin-top:4px}
 figure.small figcaption{max-width:360px}
 """
 
+# The page runs no script and loads nothing: names in it come from users, and were one ever
+# left unescaped, the browser would still refuse to run it (inline styles and data: images only)
+CSP = (
+    "default-src 'none'; img-src data:; style-src 'unsafe-inline'; base-uri 'none'; "
+    "form-action 'none'"
+)
+
 # ---- HTML ------------------------------------------------------------------------------------
 
 
@@ -66,7 +74,7 @@ def _html_table(t: Table) -> str:
                 inner = f'<span class="verdict {_verdict_class(c)}">{inner}</span>'
             cells.append(f"<td>{inner}</td>")
         body.append(f"<tr>{''.join(cells)}</tr>")
-    ident = f' id="{t.id}"' if t.id else ""
+    ident = f' id="{html.escape(t.id)}"' if t.id else ""
     return f"<table{ident}><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
 
 
@@ -82,7 +90,7 @@ def _html_plot(p: Plot) -> str:
 
 def _html_block(b: Block) -> str:
     if isinstance(b, Heading):
-        ident = f' id="{b.id}"' if b.id else ""
+        ident = f' id="{html.escape(b.id)}"' if b.id else ""
         return f"<h{b.level}{ident}>{html.escape(b.text)}</h{b.level}>"
     if isinstance(b, Text):
         return f'<p class="note">{_inline(b.text)}</p>' if b.note else f"<p>{_inline(b.text)}</p>"
@@ -94,7 +102,7 @@ def _html_block(b: Block) -> str:
 def render_html(title: str, intro: Sequence[Block], blocks: Sequence[Block]) -> str:
     """The whole page: inline CSS, every figure a ``data:`` URI, no external resource."""
     nav = "".join(
-        f'<a href="#{b.id}">{html.escape(b.text)}</a>'
+        f'<a href="#{html.escape(b.id)}">{html.escape(b.text)}</a>'
         for b in blocks
         if isinstance(b, Heading) and b.level == 2 and b.id
     )
@@ -103,6 +111,7 @@ def render_html(title: str, intro: Sequence[Block], blocks: Sequence[Block]) -> 
     return (
         '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
         '<meta name="viewport" content="width=device-width, initial-scale=1">'
+        f'<meta http-equiv="Content-Security-Policy" content="{CSP}">'
         f"<title>{html.escape(title)}</title><style>{CSS}</style></head>\n"
         f"<body><main>\n<h1>{html.escape(title)}</h1>\n"
         + "\n".join(parts)
@@ -113,24 +122,36 @@ def render_html(title: str, intro: Sequence[Block], blocks: Sequence[Block]) -> 
 # ---- Markdown --------------------------------------------------------------------------------
 
 
+def _md_text(text: str) -> str:
+    """Text for Markdown: HTML in it (names come from users) is shown, never rendered, by
+    viewers that pass inline HTML through; `code` spans are left as they are."""
+    parts = text.split("`")
+    return "`".join(p if i % 2 else html.escape(p, quote=False) for i, p in enumerate(parts))
+
+
 def _md_cell(c: str) -> str:
-    return c.replace("|", "\\|").replace("\n", "<br>")
+    return _md_text(c).replace("|", "\\|").replace("\n", "<br>")
+
+
+def _md_plot(p: Plot) -> str:
+    alt = _md_cell(p.caption).replace("[", "\\[").replace("]", "\\]")
+    return f"![{alt}]({quote(p.file)})\n*{_md_text(p.caption)}*"
 
 
 def _md_block(b: Block) -> str:
     if isinstance(b, Heading):
-        return f"{'#' * b.level} {b.text}"
+        return f"{'#' * b.level} {_md_text(b.text)}"
     if isinstance(b, Text):
-        return f"*{b.text}*" if b.note else b.text
+        return f"*{_md_text(b.text)}*" if b.note else _md_text(b.text)
     if isinstance(b, Table):
         lines = ["| " + " | ".join(map(_md_cell, b.header)) + " |"]
         lines.append("|" + "---|" * len(b.header))
         lines += ["| " + " | ".join(map(_md_cell, row)) + " |" for row in b.rows]
         return "\n".join(lines)
-    return "\n\n".join(f"![{_md_cell(p.caption)}]({p.file})\n*{p.caption}*" for p in b.plots)
+    return "\n\n".join(map(_md_plot, b.plots))
 
 
 def render_markdown(title: str, intro: Sequence[Block], blocks: Sequence[Block]) -> str:
     """The same blocks in Markdown; figures link to ``figures/*.png`` beside the file."""
-    parts = [f"# {title}"] + [_md_block(b) for b in [*intro, *blocks]]
+    parts = [f"# {_md_text(title)}"] + [_md_block(b) for b in [*intro, *blocks]]
     return "\n\n".join(parts) + "\n"

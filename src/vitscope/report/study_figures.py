@@ -91,7 +91,7 @@ def plot_overfitting(points: Sequence[OverfitPoint], ax) -> None:
             p.run.label, (p.train_nll, p.test_error), xytext=(4, 3), textcoords="offset points",
             fontsize=7,
         )  # fmt: skip
-    ax.set_xlabel("NLL$_{train}$ (augmented)")
+    ax.set_xlabel("NLL$_{train}$ (augmented)", parse_math=True)
     ax.set_ylabel("Test error (%)")
     ax.margins(0.15)
     ax.grid(alpha=0.3)
@@ -154,7 +154,7 @@ def small_data_figure(points: Sequence[OverfitPoint]) -> Figure:
     for ax in (ax_e, ax_n):
         _fraction_axis(ax, [p.run.fraction for p in points])
     ax_e.set_ylabel("Test error (%)")
-    ax_n.set_ylabel("NLL$_{train}$ (augmented)")
+    ax_n.set_ylabel("NLL$_{train}$ (augmented)", parse_math=True)
     ax_e.set_title("Test error vs data size", fontsize=10)
     ax_n.set_title("Training NLL vs data size", fontsize=10)
     ax_n.legend(fontsize=7, loc="best")
