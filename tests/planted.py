@@ -168,6 +168,48 @@ def corruption(rng, clean: float, robust: float, rows=None, draw=None):
     return ("corruption", values, {"correct": table})
 
 
+CUTOFFS = [0.1, 0.3, 0.5, 1.0]
+GRIDS = [1, 2, 4, 8]
+N_CUE = 160  # cue-conflict images
+CUE_CATS = ["bear", "bird", "cat", "dog"]
+
+
+def shape_tests(rng, clean: float, low: float, shuffled: float, bias: float, draw=None):
+    """``filtered``, ``shuffle`` and ``cueconflict`` results: low-pass rows drawn around
+    ``low``, high-pass ones around 0.2, shuffled rows around ``shuffled``, cue-conflict images
+    decided by their shape with probability ``bias`` (by their texture otherwise). ``draw``
+    (e.g. :func:`exact`) draws correctness rows."""
+    draw = draw or bernoulli
+    n = len(CUTOFFS)
+    table = np.stack([draw(rng, clean), *(draw(rng, low) for _ in range(n)),
+                      *(draw(rng, 0.2) for _ in range(n))])  # fmt: skip
+    acc = 100 * table.mean(1)
+    filtered = {"cutoffs": CUTOFFS, "low_acc": acc[1 : n + 1].tolist(),
+                "high_acc": acc[n + 1 :].tolist(), "clean_acc": float(acc[0]),
+                "chance_acc": 10.0, "kept": [0.1] * n, "num_images": N_IMAGES}  # fmt: skip
+    rows = np.stack([table[0], *(draw(rng, shuffled) for _ in GRIDS[1:])])
+    shuffle = {"grids": GRIDS, "accuracy": (100 * rows.mean(1)).tolist(), "chance_acc": 10.0,
+               "skipped": [], "patch": [32 // g for g in GRIDS],
+               "num_images": N_IMAGES}  # fmt: skip
+    shape = np.arange(N_CUE) % len(CUE_CATS)
+    texture = (shape + 1 + np.arange(N_CUE) // len(CUE_CATS) % 3) % len(CUE_CATS)
+    by_shape = draw(rng, bias, N_CUE).astype(bool)
+    decision = np.where(by_shape, shape, texture)
+    k = int(by_shape.sum())
+    cue = {"categories": CUE_CATS, "mapping": {c: [i] for i, c in enumerate(CUE_CATS)},
+           "shape_bias": k / N_CUE, "shape_bias_interval": [0.0, 1.0], "shape_decisions": k,
+           "texture_decisions": N_CUE - k, "other_decisions": 0, "counted": N_CUE,
+           "same_class": 0, "unmapped": 0, "shape_acc": 100 * k / N_CUE,
+           "texture_acc": 100 - 100 * k / N_CUE, "num_images": N_CUE}  # fmt: skip
+    cue_arrays = {k: v.astype(np.int16) for k, v in
+                  (("shape", shape), ("texture", texture), ("decision", decision))}  # fmt: skip
+    return (
+        ("filtered", filtered, {"cutoffs": np.asarray(CUTOFFS), "correct": table}),
+        ("shuffle", shuffle, {"grids": np.asarray(GRIDS), "correct": rows}),
+        ("cueconflict", cue, cue_arrays),
+    )
+
+
 def write_run(
     folder: Path, name: str, model: str, *, seed: int, rng, acc: float, fraction=1.0,
     train_nll=None, results=(), kwargs=None, right=None,
@@ -191,9 +233,9 @@ def write_run(
     write_jsonl(d / "metrics.jsonl", rows)
     np.savez(d / "predictions.npz", pred=pred, label=label, epoch=np.asarray(2))
     for kind, values, arrays in results:
-        Result(kind, values, arrays, meta={"model": model, "fraction": fraction}).save(
-            d / "results"
-        )
+        config = {"source": "cue"} if kind == "cueconflict" else {}
+        Result(kind, values, arrays, config=config,
+               meta={"model": model, "fraction": fraction}).save(d / "results")  # fmt: skip
     if train_nll is not None:
         Result("overfitting", {"train_nll": train_nll}).save(d / "results")
     return d
@@ -249,19 +291,34 @@ def _plant_seed(root: Path, sign: int, seed: int) -> None:
         rows = shared_rows if model in ("resnet", "alternet") else None
         return corruption(rng, *rob[model], rows=rows, draw=draw)
 
+    # shape tests: (clean, low-pass, shuffled, shape bias); holds: ViT and AlterNet keep more
+    # above chance than ResNet and are more shape-biased; fails: the reverse; none: one
+    # shared draw for every model
+    shapes = {
+        1: {"resnet": (0.8, 0.3, 0.25, 0.3), "vit": (0.7, 0.5, 0.55, 0.7),
+            "alternet": (0.9, 0.6, 0.5, 0.6)},
+        -1: {"resnet": (0.8, 0.6, 0.55, 0.7), "vit": (0.7, 0.2, 0.2, 0.3),
+             "alternet": (0.9, 0.3, 0.25, 0.3)},
+    }.get(sign)  # fmt: skip
+    shared_shape = shape_tests(rng, 0.8, 0.4, 0.4, 0.5, exact) if null else None
+
+    def shape(model):
+        return list(shared_shape or shape_tests(rng, *shapes[model]))
+
     s = f"-s{seed}"
     write_run(
         runs, f"resnet_tiny-f1{s}", "resnet_tiny", seed=seed, rng=rng, acc=acc["resnet"],
         train_nll=nll("resnet"), right=shared_right,
         results=[*fourier_variance(RESNET, rng, sign), noise(rng, pick(True, False, None)),
                  hess(pick(0.02, 0.8, 0), pick(20, 5, 0)), land(pick(4.0, 1.0, 0)),
-                 corr("resnet")],
+                 corr("resnet"), *shape("resnet")],
     )  # fmt: skip
     write_run(
         runs, f"vit_tiny-f1{s}", "vit_tiny", seed=seed, rng=rng, acc=acc["vit"],
         train_nll=nll("vit"),
         results=[*fourier_variance(VIT, rng, sign), noise(rng, pick(False, True, None)),
-                 hess(0.4, pick(5, 20, 0)), land(pick(1.0, 4.0, 0)), corr("vit")],
+                 hess(0.4, pick(5, 20, 0)), land(pick(1.0, 4.0, 0)), corr("vit"),
+                 *shape("vit")],
     )  # fmt: skip
     write_run(
         runs, f"vit_tiny-f0.1{s}", "vit_tiny", seed=seed, rng=rng, acc=acc["vit_small"],
@@ -271,7 +328,7 @@ def _plant_seed(root: Path, sign: int, seed: int) -> None:
     write_run(
         runs, f"alternet_tiny-f1{s}", "alternet_tiny", seed=seed, rng=rng,
         acc=acc["alternet"], train_nll=nll("alternet"), right=shared_right,
-        results=[*fourier_variance(ALTERNET, rng, sign), corr("alternet")],
+        results=[*fourier_variance(ALTERNET, rng, sign), corr("alternet"), *shape("alternet")],
     )  # fmt: skip
     write_run(
         runs, f"swin_tiny-f1{s}", "swin_tiny", seed=seed, rng=rng, acc=acc["swin"],

@@ -373,6 +373,8 @@ SMALL = {
     "variance": {"num_images": 8, "batch_size": 4},
     "noise": {"frequencies": (0.2, 0.8), "num_images": 8},
     "lesion": {"num_images": 8},
+    "filtered": {"cutoffs": (0.2, 1.0), "num_images": 8},
+    "shuffle": {"grids": (1, 2, 8), "num_images": 8},
     "overfitting": {"batches": 1, "batch_size": 8},
     "landscape": {"dims": 1, "num_points": 3, "batches": 1, "batch_size": 8},
     "hessian": {

@@ -17,8 +17,10 @@ from vitscope.report import build_report, load
 from vitscope.report import claims as C
 from vitscope.report.claims import base as B
 
-# the paper's rules, then those the analyses declare (corruption's check_robustness)
-RULES = [c.__name__ for c in (*C.CHECKS, *C.ABLATION_CHECKS)] + ["check_robustness"]
+# the paper's rules, then those the analyses declare (corruption's check_robustness, the
+# shape claim of filtered and cueconflict, shuffle's)
+RULES = [c.__name__ for c in (*C.CHECKS, *C.ABLATION_CHECKS)] + [
+    "check_robustness", "check_shape_reliance", "check_shuffle"]  # fmt: skip
 
 
 def findings(root: Path) -> dict[str, C.Finding]:
@@ -37,13 +39,14 @@ def planted(tmp_path_factory):
 
 
 WANT = {1: C.HOLDS, -1: C.FAILS, 0: C.INCONCLUSIVE}
+UNITS = {"test images": 1000, "mini-batches": 8, "cue-conflict images": 160}  # and their n
 
 
 @pytest.mark.parametrize("n_seeds", [1, 3])
 @pytest.mark.parametrize("sign", [1, -1, 0])
 def test_every_rule_reads_the_planted_effect(planted, sign, n_seeds):
     found = planted[sign, n_seeds]
-    assert len(found) == 14
+    assert len(found) == 16
     for rule, f in found.items():
         assert f.verdict == WANT[sign], (rule, f.evidence)
         assert f.measures, (rule, f.evidence)  # an estimate, not a missing-data verdict
@@ -61,9 +64,9 @@ def test_one_seed_resamples_inside_the_runs_three_seeds_resample_seeds(planted, 
             if rule == "check_no_overfitting" or "ρ" in m.label:  # a correlation over runs
                 assert (m.estimate.unit, m.estimate.n, m.estimate.method) == ("runs", 5, "fisher-z")
                 continue
-            assert m.estimate.unit in ("test images", "mini-batches"), (rule, m.estimate)
+            assert m.estimate.unit in UNITS, (rule, m.estimate)
             assert m.estimate.method == "bootstrap" and not m.per_seed
-            assert m.estimate.n == (1000 if m.estimate.unit == "test images" else 8), rule
+            assert m.estimate.n == UNITS[m.estimate.unit], rule
     for rule, f in planted[sign, 3].items():
         for m in f.measures:
             if rule == "check_no_overfitting" or "ρ" in m.label:  # over every run of the dataset
@@ -227,7 +230,7 @@ def test_three_seeds_of_the_planted_study_report_n_3_and_write_findings_json(tmp
     assert [r["id"] for r in rows] == [
         "msa-low-pass", "conv-high-pass", "msa-variance", "conv-variance", "hessian-negative",
         "hessian-small-data", "flat-landscape", "no-overfitting", "alternet", "noise", "lesion",
-        "gap-head", "local-msa", "robustness",
+        "gap-head", "local-msa", "robustness", "shape", "shuffle",
     ]  # fmt: skip
     for r in rows:
         assert r["verdict"] == "holds" and r["evidence"] and r["rule"]
@@ -236,7 +239,7 @@ def test_three_seeds_of_the_planted_study_report_n_3_and_write_findings_json(tmp
             assert (r["n"], r["unit"]) == (3, "seeds"), r["id"]
     html = report.read_text()
     assert "Estimate [95% interval]" in html and "3 seeds" in html
-    assert html.count(f">{C.HOLDS}</span>") == 14
+    assert html.count(f">{C.HOLDS}</span>") == 16
     assert "Student-t interval over the seeds" in html
     md = (root / "report.md").read_text()
     assert "| Claim | Verdict | Estimate [95% interval] | n |" in md
@@ -262,7 +265,7 @@ def test_one_seed_report_says_the_intervals_are_within_run(tmp_path):
     root = plant(tmp_path / "s", 0, (0,))
     html = build_report([root]).read_text()
     assert "do not cover seed-to-seed variation" in html
-    assert html.count(f">{C.INCONCLUSIVE}</span>") == 14
+    assert html.count(f">{C.INCONCLUSIVE}</span>") == 16
     assert json.loads((root / "findings.json").read_text())["seeds"] == [0]
 
 

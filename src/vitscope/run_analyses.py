@@ -46,9 +46,10 @@ def analysis_configs(names: Sequence[str], sets: Sequence[str] = (), device: str
 
 
 def parse_only(only: str | Sequence[str] | None) -> list[str]:
-    """Analysis names from ``--only`` (comma-separated or a list); None: all, in order."""
+    """Analysis names from ``--only`` (comma-separated or a list); None: every analysis that
+    runs by default (``Analysis.default``), in order."""
     if only is None:
-        return list(analyses())
+        return [name for name, a in analyses().items() if a.default]
     names = [n.strip() for n in (only.split(",") if isinstance(only, str) else only) if n.strip()]
     for n in names:
         get_analysis(n)

@@ -48,7 +48,8 @@ class EvalData:
     """Test images an analysis streams over: uint8 ``(N, C, H, W)`` (a tensor, or a lazy
     ``FolderImages`` of a streamed folder, decoded batch by batch), labels, normalisation,
     and for an image folder the files the images come from (``FolderImages``, row for row;
-    the corruption analysis lines ImageNet-C up with them)."""
+    the corruption analysis lines ImageNet-C up with them) and the class names (index =
+    label; empty when unknown), which the cue-conflict analysis maps its categories onto."""
 
     images: torch.Tensor
     labels: torch.Tensor
@@ -56,6 +57,7 @@ class EvalData:
     std: tuple[float, ...]
     name: str = ""
     files: FolderImages | None = None
+    classes: tuple[str, ...] = ()
 
     @classmethod
     def from_image_data(cls, data: Any, limit: int | None = None) -> EvalData:
@@ -68,6 +70,7 @@ class EvalData:
             tuple(data.info.std),
             data.info.name,
             None if getattr(data, "files", None) is None else data.files[:n],
+            tuple(getattr(data.info, "classes", ()) or ()),
         )
 
     def __len__(self) -> int:
@@ -146,6 +149,24 @@ def correct(
     if not hits or not sum(len(h) for h in hits):
         raise VitscopeError("no test images to evaluate")
     return np.concatenate(hits)
+
+
+def chance_accuracy(data: EvalData, limit: int | None = None) -> float:
+    """The accuracy (%) of the best constant guess on the first ``limit`` test images: the
+    share of the commonest label (100 / K for K balanced classes). Accuracies under a
+    perturbation are read against it (how much of the gap above chance is kept)."""
+    labels = data.labels[: data.count(limit)]
+    if not len(labels):
+        raise VitscopeError("no test images to evaluate")
+    return 100.0 * float(torch.bincount(labels.long()).max()) / len(labels)
+
+
+def accuracy_axes(ax) -> None:
+    """The y axis, grid and legend of a figure of test accuracy (%) against a perturbation."""
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_ylim(0, 100)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=6, loc="best")
 
 
 def accuracy(

@@ -130,3 +130,56 @@ __all__ = [
     "LandscapeKeys",
     "HessianKeys",
 ]
+
+
+class FilteredKeys:
+    """Keys of the ``filtered`` result (``values``; arrays ``cutoffs``, ``correct``)."""
+
+    CUTOFFS = "cutoffs"  # radial cut-offs, units of π
+    LOW_ACC = "low_acc"  # accuracy (%) on low-pass images, one per cut-off
+    HIGH_ACC = "high_acc"  # accuracy (%) on high-pass images, one per cut-off
+    CLEAN_ACC = "clean_acc"  # accuracy (%) on the images as they are
+    CHANCE_ACC = "chance_acc"  # accuracy (%) of the best constant guess (the commonest label)
+    KEPT = "kept"  # share of the spectrum's bins a low-pass at each cut-off keeps
+    NUM_IMAGES = "num_images"
+    # array (1 + 2 cut-offs, images) uint8: row 0 clean, rows 1..C low-pass, C+1..2C high-pass
+    CORRECT = "correct"
+    REQUIRED = (CUTOFFS, LOW_ACC, HIGH_ACC, CLEAN_ACC)
+
+
+class ShuffleKeys:
+    """Keys of the ``shuffle`` result (``values``; arrays ``grids``, ``correct``)."""
+
+    GRIDS = "grids"  # the grid sizes g that ran (g x g patches); always starts with 1
+    ACCURACY = "accuracy"  # accuracy (%) on shuffled images, one per grid (g = 1: intact)
+    CHANCE_ACC = "chance_acc"  # accuracy (%) of the best constant guess (the commonest label)
+    SKIPPED = "skipped"  # grids asked for that do not divide the image size
+    PATCH = "patch"  # patch side (pixels) per grid
+    NUM_IMAGES = "num_images"
+    CORRECT = "correct"  # array (grids, images) uint8: row k grid GRIDS[k]
+    REQUIRED = (GRIDS, ACCURACY)
+
+
+class CueConflictKeys:
+    """Keys of the ``cueconflict`` result (``values``; arrays ``shape``, ``texture``,
+    ``decision``: one entry per image, indices into ``categories``)."""
+
+    CATEGORIES = "categories"  # the cue-conflict classes the model's classes are mapped to
+    MAPPING = "mapping"  # category -> the model's class indices whose probabilities it pools
+    SHAPE_BIAS = "shape_bias"  # shape decisions / (shape + texture decisions), in [0, 1]
+    INTERVAL = "shape_bias_interval"  # Wilson 95% interval of SHAPE_BIAS (over the decisions)
+    SHAPE_DECISIONS = "shape_decisions"  # counted images decided by their shape class
+    TEXTURE_DECISIONS = "texture_decisions"  # counted images decided by their texture class
+    OTHER_DECISIONS = "other_decisions"  # counted images decided as a third category
+    COUNTED = "counted"  # images with a conflict whose two classes are both mapped
+    SAME = "same_class"  # images whose shape and texture class agree (no conflict; left out)
+    UNMAPPED = "unmapped"  # images with a class the model does not know (left out)
+    SHAPE_ACC = "shape_acc"  # % of counted images decided by shape
+    TEXTURE_ACC = "texture_acc"  # % of counted images decided by texture
+    BY_SHAPE = "by_shape"  # category -> shape bias over the counted images of that shape
+    NUM_IMAGES = "num_images"  # images read
+    SHAPE = "shape"  # array (images,) int16: the shape class (-1: not mapped)
+    TEXTURE = "texture"  # array (images,) int16: the texture class (-1: not mapped)
+    DECISION = "decision"  # array (images,) int16: the category the model chose
+    REQUIRED = (CATEGORIES, SHAPE_BIAS, SHAPE_DECISIONS, TEXTURE_DECISIONS)
+    OPTIONAL = (BY_SHAPE,)

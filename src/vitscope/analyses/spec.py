@@ -97,6 +97,8 @@ class Analysis:
             and claim rules read).
         description: one line for ``vitscope list analyses``.
         order: position in listings and in the default ``--only`` (built-ins: 10, 20, ...).
+        default: whether it is in the default ``--only`` (False: it runs only when named, for
+            an analysis that needs input the user must supply, e.g. a folder of images).
         uses_labels: the analysis scores the model's predictions against labels, so the
             model's outputs must be the data's classes (False: feature maps only).
         table: ``table(results) -> (headers, rows)`` or None: a table over the results of
@@ -120,6 +122,7 @@ class Analysis:
     keys: type | None = None
     description: str = ""
     order: int = 1000
+    default: bool = True
     uses_labels: bool = True
     claims: Sequence[Callable[..., Any] | str] = ()
     table: Callable[..., Any] | str | None = None

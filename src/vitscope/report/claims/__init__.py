@@ -61,18 +61,25 @@ ABLATION_CHECKS: tuple[Rule, ...] = (
 #: (``Analysis.claims``, ``docs/plugins.md``)
 PAPER_ANALYSES = ("overfitting", "landscape", "hessian", "fourier", "variance", "noise", "lesion")
 
+#: analyses the paper's Q2 section shows (shape or texture) whose claim rules they declare
+#: themselves (``vitscope.report.claims.shape``)
+SHAPE_ANALYSES = ("filtered", "shuffle", "cueconflict")
+
 
 def declared_rules(runs: Sequence[StudyRun]) -> list[Rule]:
     """The claim rules the analyses with results in ``runs`` declare (not the paper's seven,
     whose rules are :data:`CHECKS`), in the order of the analyses' names. The registry (which
-    imports the analyses, hence torch) is read only when such a result is there."""
+    imports the analyses, hence torch) is read only when such a result is there. A rule
+    that several analyses declare (the shape claim: ``filtered`` and ``cueconflict``) is
+    listed once, where the first of them is."""
     found = sorted({a for r in runs for a in r.results} - set(PAPER_ANALYSES))
     if not found:
         return []
     from ...analyses import analyses
 
     known = analyses()
-    return [rule for a in found if a in known for rule in known[a].claim_rules()]
+    rules = [rule for a in found if a in known for rule in known[a].claim_rules()]
+    return list(dict.fromkeys(rules))  # a rule several analyses declare runs once
 
 
 def check_all(runs: Sequence[StudyRun], ablations: Sequence[StudyRun] = ()) -> list[Finding]:
@@ -90,6 +97,7 @@ __all__ = [
     "ABLATION_CHECKS",
     "CHECKS",
     "PAPER_ANALYSES",
+    "SHAPE_ANALYSES",
     "FAILS",
     "HOLDS",
     "INCONCLUSIVE",

@@ -68,9 +68,16 @@ def _groups(runs: Sequence[StudyRun], name: str, by_dataset: bool) -> dict:
 
 
 def overlays(
-    runs: Sequence[StudyRun], name: str, what: str, figs: FigureWriter, by_dataset=False
+    runs: Sequence[StudyRun],
+    name: str,
+    what: str,
+    figs: FigureWriter,
+    by_dataset=False,
+    draw: Callable | None = None,
 ) -> list[Block]:
-    """``compare.<name>`` overlaid for the runs of each (dataset, fraction) group."""
+    """``draw`` (default ``compare.<name>``) overlaid for the runs of each (dataset,
+    fraction) group."""
+    draw = draw if draw is not None else getattr(compare, name)
     items = []
     for key, rs in _groups(runs, name, by_dataset).items():
         where = key[0] if by_dataset else group_name(key)
@@ -79,9 +86,7 @@ def overlays(
         items.append(
             figs.add(
                 f"{name}_compare_{'_'.join(map(str, key))}",
-                lambda rs=rs: compare.overlay(
-                    name, getattr(compare, name), [labelled(r, name) for r in rs]
-                ),
+                lambda rs=rs: compare.overlay(name, draw, [labelled(r, name) for r in rs]),
                 f"{what}: {shown} ({where}).{' ' + CAPTION if seeds else ''}",
                 wide=True,
             )
@@ -129,12 +134,14 @@ def analysis_blocks(
     by_dataset: bool = False,
     figures: Sequence[PerRun] = (),
     table: Callable[[Sequence[StudyRun]], Table] | None = None,
+    draw: Callable | None = None,
 ) -> list[Block]:
     """One analysis' subsection: its heading (id ``name``), a note on the runs without it, the
     overlays (caption ``overlay``; grouped by dataset alone if ``by_dataset``), the per-run
-    ``figures`` and the ``table`` (when any run has the result)."""
+    ``figures`` and the ``table`` (when any run has the result); ``draw``: the overlay
+    (default ``compare.<name>``)."""
     out: list[Block] = [Heading(title, 3, name), *not_run(runs, name)]
-    out += overlays(runs, name, overlay, figs, by_dataset)
+    out += overlays(runs, name, overlay, figs, by_dataset, draw)
     for spec in figures:
         out += per_run(runs, name, spec, figs)
     if table is not None and with_result(runs, name):

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from ..blocks import Block, FigureWriter, Heading, Plot, Table, Text, gallery, num, save_png, slug
-from ..claims import PAPER_ANALYSES
+from ..claims import PAPER_ANALYSES, SHAPE_ANALYSES
 from ..load import StudyRun
 from .common import first_seeds, not_run, with_result
 
@@ -21,7 +21,13 @@ from .common import first_seeds, not_run, with_result
 def other_analyses(runs: Sequence[StudyRun]) -> list[str]:
     """Analyses with results in the runs that no paper section covers (plug-ins, new ones)."""
     found = {a for r in runs for a in (*r.results, *r.errors)}
-    return sorted(found - set(PAPER_ANALYSES))
+    return sorted(found - set(PAPER_ANALYSES) - set(SHAPE_ANALYSES))
+
+
+def shape_analyses(runs: Sequence[StudyRun]) -> list[str]:
+    """The shape-or-texture analyses (Q2) with results (or unreadable ones) in the runs."""
+    found = {a for r in runs for a in (*r.results, *r.errors)}
+    return [a for a in SHAPE_ANALYSES if a in found]
 
 
 def section_other(

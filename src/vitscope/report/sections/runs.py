@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from ..blocks import DASH, Table, duration, num, params, pct_acc
 from ..claims import Finding
 from ..load import StudyRun, pct
-from .other import PAPER_ANALYSES, other_analyses
+from .other import PAPER_ANALYSES, other_analyses, shape_analyses
 
 
 def _summary_row(r: StudyRun) -> list[str]:
@@ -47,7 +47,7 @@ def summary_table(runs: Sequence[StudyRun], studies: int = 1) -> Table:
 
 def coverage_table(runs: Sequence[StudyRun]) -> Table:
     """Which analyses each run has: ``✓``, ``not run`` or ``unreadable``."""
-    names = [*PAPER_ANALYSES, *other_analyses(runs)]
+    names = [*PAPER_ANALYSES, *shape_analyses(runs), *other_analyses(runs)]
     rows = []
     for r in runs:
         cells = []
