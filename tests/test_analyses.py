@@ -389,6 +389,17 @@ SMALL = {
 ALL_TINY = [n for n in __import__("vitscope").list_models() if n.endswith("_tiny")]
 
 
+def _cue_folder(root):
+    from PIL import Image
+
+    g = np.random.default_rng(0)
+    for shape, texture, k in (("a", "b", 1), ("b", "a", 1), ("a", "a", 2)):
+        (root / shape).mkdir(parents=True, exist_ok=True)
+        pixels = g.integers(0, 256, (40, 40, 3), dtype=np.uint8)
+        Image.fromarray(pixels).save(root / shape / f"{shape}{k}-{texture}{k}.png")
+    return root
+
+
 @pytest.mark.parametrize("model_name", ALL_TINY)
 @pytest.mark.parametrize("name", list_analyses())
 def test_every_registered_analysis_on_every_tiny_model(name, model_name, tmp_path):
@@ -399,7 +410,10 @@ def test_every_registered_analysis_on_every_tiny_model(name, model_name, tmp_pat
     spec = get_analysis(name)
     torch.manual_seed(0)
     model = create_model(model_name, num_classes=10, in_chans=1, img_size=28).eval()
-    cfg = from_dict(spec.config, SMALL.get(name, {}), name)
+    settings = SMALL.get(name, {})
+    if name == "cueconflict":  # it needs a folder: three images, two classes of the ten
+        settings = {"source": str(_cue_folder(tmp_path / "cue")), "classes": {"a": [0], "b": [3]}}
+    cfg = from_dict(spec.config, settings, name)
     assert any(f.name == "device" for f in fields(cfg)) or name not in SMALL
     data = _train_data(n=16) if spec.split == "train" else _data()
     before = {k: v.clone() for k, v in model.state_dict().items()}

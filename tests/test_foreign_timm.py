@@ -14,11 +14,12 @@ import torch
 from conftest import SMALL, require
 from einops import rearrange
 
-from vitscope.analyses import EvalData, get_analysis, hessian, list_analyses
+from vitscope.analyses import EvalData, get_analysis, hessian
 from vitscope.analyses.lesion import Config as LesionConfig
 from vitscope.cli import main
 from vitscope.foreign import ForeignModel, load_foreign
 from vitscope.models import blocks, feature_maps, replace_unit
+from vitscope.run_analyses import parse_only
 
 timm = require("timm")
 pytestmark = [pytest.mark.tv, pytest.mark.usefixtures("one_thread")]
@@ -231,7 +232,7 @@ def test_cli_timm_by_name_with_safetensors_weights_every_analysis(folder_data, t
     )  # fmt: skip
     assert main(argv) == 0
     names = {p.stem for p in (out / "results").glob("*.json")}
-    assert names == set(list_analyses())  # the seven of the paper and corruption
+    assert names == set(parse_only(None))  # every analysis that runs by default
     res = json.loads((out / "results" / "fourier.json").read_text())
     assert res["meta"]["family"] == "ViT" and res["meta"]["rule"] == "timm.VisionTransformer"
     assert res["meta"]["checkpoint"] == str(weights)
@@ -251,7 +252,7 @@ def test_cli_timm_by_name_with_safetensors_weights_every_analysis(folder_data, t
         torch.testing.assert_close(fm(x), ref.eval()(x))
     capsys.readouterr()
     assert main(argv) == 0
-    assert capsys.readouterr().out.count("exists, skipped") == len(list_analyses())
+    assert capsys.readouterr().out.count("exists, skipped") == len(parse_only(None))
     assert main(["analyze", str(out), "--only", "fourier", "--force", *sets()]) == 0  # reloads
     assert main(["report", str(tmp_path / "study")]) == 0
     html = (tmp_path / "study" / "report.html").read_text()
