@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from conftest import train_command
 
-from vitscope import io
+from vitscope import io, threads
 from vitscope.io import FolderBusyError, atomic_write_text, writer_lock, writes_folder
 
 HOLD = """
@@ -109,7 +109,7 @@ def test_only_rank_0_takes_the_lock_and_an_unused_new_folder_is_removed(tmp_path
         write(tmp_path / "new", fail=True)
     assert not (tmp_path / "new").exists()  # nothing left of a call that wrote nothing
     write(tmp_path / "new")
-    assert sorted(os.listdir(tmp_path / "new")) == [io.LOCK_NAME, "x"]
+    assert sorted(os.listdir(tmp_path / "new")) == [io.LOCK_NAME, threads.RECORD, "x"]
     holder = _holder(tmp_path / "new")
     try:
         with pytest.raises(FolderBusyError):

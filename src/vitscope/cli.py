@@ -668,7 +668,14 @@ def main(argv: list[str] | None = None) -> int:
     try:
         from .threads import configure, parse_threads
 
-        configure(parse_threads(getattr(args, "threads", None)))  # before torch loads
+        computes = hasattr(args, "threads")  # train, analyze, reproduce, ...: load-aware
+        folder = next((getattr(args, k) for k in ("resume", "out", "run_dir")
+                       if getattr(args, k, None)), None)  # fmt: skip
+        configure(
+            parse_threads(getattr(args, "threads", None)),
+            folder=folder,
+            measure=computes and not getattr(args, "dry_run", False),
+        )  # before torch loads
         with preempt.installed():  # SIGTERM / SIGINT: stop at the next safe point, saved
             return handler(args)
     except preempt.Preempted as e:

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from . import threads
 from .errors import VitscopeError
 
 
@@ -365,12 +366,14 @@ def writer_lock(folder: str | Path, *, enabled: bool = True):
         except OSError:
             pass
         _remove_stale_temps(root)
+        threads.record(root)  # a resumed run uses the threads it started with
     _HELD[root] = fd
     try:
         yield
     finally:
         del _HELD[root]
-        if created and os.listdir(root) == [LOCK_NAME]:  # a call that failed before writing
+        if created and set(os.listdir(root)) <= {LOCK_NAME, threads.RECORD}:  # wrote nothing
+            (root / threads.RECORD).unlink(missing_ok=True)
             path.unlink(missing_ok=True)
             root.rmdir()
         os.close(fd)  # releases the lock; the file stays (removing it would race a waiter)
