@@ -546,6 +546,34 @@ def _add_compare(sub) -> None:
     p.set_defaults(func=_cmd_compare)
 
 
+def _cmd_export(args: argparse.Namespace) -> int:
+    from .export import export_landscape
+
+    path = export_landscape(args.run_dir, args.format, args.out, surface=args.surface,
+                            zmax=args.zmax, log=args.log)  # fmt: skip
+    print(f"{args.format}: {path}")
+    return 0
+
+
+def _add_export(sub) -> None:
+    p = sub.add_parser(
+        "export",
+        help="write a result in another tool's format (the landscape as loss-landscape's "
+        "HDF5, ParaView's .vtp or CSV)",
+    )
+    p.add_argument("what", choices=["landscape"], help="what to export")
+    p.add_argument("run_dir", metavar="RUN_DIR", help="a run directory with that result")
+    p.add_argument("--format", required=True, choices=["h5", "vtp", "csv"],
+                   help="h5: loss-landscape's keys (h5py); vtp: ParaView; csv")  # fmt: skip
+    p.add_argument("--out", help="file to write (default: RUN_DIR/exports/landscape.FORMAT)")
+    p.add_argument("--surface", default="train_loss",
+                   choices=["train_loss", "train_loss_l2", "train_acc", "l2"],
+                   help="vtp: the surface drawn as height (train_loss: the NLL)")  # fmt: skip
+    p.add_argument("--zmax", type=float, help="vtp: clip the height at this value")
+    p.add_argument("--log", action="store_true", help="vtp: height log(z + 0.1)")
+    p.set_defaults(func=_cmd_export)
+
+
 def _add_buildup(sub) -> None:
     p = sub.add_parser(
         "buildup",
@@ -647,6 +675,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_analyze(sub)
     _add_blocks(sub)
     _add_compare(sub)
+    _add_export(sub)
     _add_buildup(sub)
     _add_reproduce(sub)
     _add_report(sub)

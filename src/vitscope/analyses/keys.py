@@ -85,6 +85,10 @@ class LandscapeKeys:
     WEIGHT_DECAY = "weight_decay"  # the L2 coefficient
     XS = "xs"  # array
     YS = "ys"  # array
+    PCA = "pca"  # directions=pca: explained variance, checkpoints, trajectory, scale
+    EIGEN = "eigen"  # directions=eigen: the eigenvalues of the directions, residuals, scale
+    TRAJECTORY = "trajectory"  # array (points, dims): the trajectory on the PCA plane
+    OPTIONAL = (PCA, EIGEN, TRAJECTORY)  # only for those directions
     REQUIRED = (XS, YS, LOSS)  # without these no reader can use it
 
 

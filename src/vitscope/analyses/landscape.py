@@ -33,6 +33,7 @@ import math
 import re
 import time
 from dataclasses import dataclass, replace
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -47,9 +48,11 @@ from .objective import L2_MODES, l2_penalty
 from .rings import RING_STEP, ring_index
 from .sharding import map_items
 from .spec import Analysis, Context, FigureSpec
-from .store import PartialStore, state_digest
+from .store import state_digest
 
 NORMS = ("filter", "official", "layer")
+DIRECTIONS = ("random", "pca", "eigen")
+PCA_MARGIN = 1.2  # the PCA grid's unit: this times the trajectory's largest coordinate
 # parameters whose names match get a zero direction (the released code's exclusion list)
 EXCLUDE = re.compile(r"pos_embed|relative_position")
 
@@ -63,7 +66,11 @@ class Config:
     dims: int = 2  # 1: a curve along d1; 2: a surface over (d1, d2)
     num_points: int = 11  # grid points per axis, odd so (0, 0) is on the grid (paper: 21)
     span: float = 1.0  # the grid covers [-span, span] on each axis
-    norm: str = "filter"  # direction normalisation: filter (Li et al.) | official | layer
+    # random: filter-normalised Gaussian (Li et al.) | pca: the training trajectory's top
+    # principal directions (needs train.snapshot_every) | eigen: the top Hessian eigenvectors
+    directions: str = "random"
+    norm: str = "filter"  # random directions' normalisation: filter | official | layer
+    eigen_max_iter: int = 60  # Lanczos products for directions=eigen
     l2: str = "squared"  # squared: 0.5·wd·Σθ² | official: wd·Σ_p‖θ_p‖₂ | none
     weight_decay: float | None = None  # L2 coefficient; None: the run's weight decay
     batches: int = 4  # augmented training batches evaluated at every point
@@ -82,7 +89,10 @@ class Config:
             )
         if not (math.isfinite(self.span) and self.span > 0):
             raise ConfigError(f"landscape.span must be a positive number, got {self.span!r}")
+        _check_choice("directions", self.directions, DIRECTIONS)
         _check_choice("norm", self.norm, NORMS)
+        if self.eigen_max_iter < 2:
+            raise ConfigError(f"landscape.eigen_max_iter must be >= 2, got {self.eigen_max_iter}")
         _check_choice("l2", self.l2, L2_MODES)
         wd = self.weight_decay
         if wd is not None and not (math.isfinite(wd) and wd >= 0):
@@ -149,6 +159,136 @@ def draw_directions(model: nn.Module, dims: int, norm: str, seed: int) -> list[D
                 d[name] = normalize_direction(g.to(w.device, w.dtype), w, norm)
         out.append(d)
     return out
+
+
+def pca_directions(
+    final: torch.Tensor, points: list[torch.Tensor], dims: int
+) -> tuple[torch.Tensor, np.ndarray, np.ndarray]:
+    """The top ``dims`` principal directions of a training trajectory (Li et al. 2018, §7):
+    the rows ``θ_e - θ_final`` of the trajectory's points are centred and decomposed, as
+    ``sklearn.decomposition.PCA`` does, through their small Gram matrix (no ``P x P`` work).
+
+    Args:
+        final: ``(P,)`` the analysed parameters θ_final (perturbed entries only).
+        points: the trajectory's other parameter vectors ``(P,)`` (e.g. init and epochs).
+        dims: 1 or 2.
+
+    Returns:
+        ``(directions (dims, P) float64, unit-norm and orthogonal; explained variance ratio
+        (dims,); the trajectory's coordinates (len(points), dims): each ``θ_e - θ_final``
+        projected on the directions, as the reference tool's ``project_trajectory``)``.
+    """
+    rows = torch.stack([p.double() - final.double() for p in points])  # (E, P)
+    centred = rows - rows.mean(0, keepdim=True)
+    gram = centred @ centred.T  # (E, E)
+    lam, vec = torch.linalg.eigh(gram)
+    lam, vec = lam.flip(0).clamp(min=0), vec.flip(1)
+    if len(points) < dims + 1 or lam[dims - 1] <= 1e-12 * max(float(lam[0]), 1e-300):
+        raise VitscopeError(
+            f"landscape.directions=pca: the {len(points)} trajectory points span fewer than "
+            f"{dims} direction(s); keep more checkpoints (train.snapshot_every=1)"
+        )
+    dirs = (centred.T @ vec[:, :dims]) / lam[:dims].sqrt()  # (P, dims), unit columns
+    explained = (lam[:dims] / lam.sum()).numpy()
+    return dirs.T.contiguous(), explained, (rows @ dirs).numpy()
+
+
+def _perturbed_flat(model: nn.Module, state: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
+    """The perturbed parameters of ``model`` (or their values in ``state``), flattened."""
+    parts = []
+    for name, p in model.named_parameters():
+        if is_perturbed(name, p):
+            if state is not None and name not in state:
+                raise VitscopeError(f"landscape.directions=pca: a checkpoint lacks {name}")
+            t = (state[name] if state is not None else p).detach()
+            parts.append(t.reshape(-1).to("cpu", torch.float64))
+    return torch.cat(parts)
+
+
+def _from_perturbed(model: nn.Module, flat: torch.Tensor) -> Direction:
+    d, i = {}, 0
+    for name, p in model.named_parameters():
+        if is_perturbed(name, p):
+            d[name] = flat[i : i + p.numel()].view(p.shape).to(p.device, p.dtype)
+            i += p.numel()
+    return d
+
+
+def trajectory(run_dir: Path) -> list[tuple[str, Path]]:
+    """The checkpoints of a run's trajectory, in training order: ``init`` and every
+    ``epochN`` (``train.snapshot_every``)."""
+    ckpts = Path(run_dir) / "checkpoints"
+    epochs = sorted(ckpts.glob("epoch*.pt"), key=lambda p: int(p.stem[5:] or 0))
+    named = [("init", ckpts / "init.pt")] if (ckpts / "init.pt").is_file() else []
+    return named + [(p.stem, p) for p in epochs if p.stem[5:].isdigit()]
+
+
+def draw_pca(model: nn.Module, cfg: Config, run_dir: Path | None) -> tuple[list[Direction], dict]:
+    """PCA directions of the run's trajectory, scaled so the trajectory lies in [-1, 1]^dims
+    with a margin (``PCA_MARGIN``), and what the result keeps about them."""
+    from ..train.checkpoint import load_checkpoint
+
+    if run_dir is None:
+        raise VitscopeError("landscape.directions=pca needs a run directory (its checkpoints)")
+    points = trajectory(run_dir)
+    if len(points) < cfg.dims + 1:
+        raise VitscopeError(
+            f"landscape.directions=pca needs at least {cfg.dims + 1} checkpoints of the "
+            f"trajectory in {run_dir / 'checkpoints'} (init.pt, epochN.pt), found "
+            f"{len(points)}; train with --set train.snapshot_every=1"
+        )
+    final = _perturbed_flat(model)
+    flats = [_perturbed_flat(model, load_checkpoint(p)["model"]) for _, p in points]
+    dirs, explained, coords = pca_directions(final, flats, cfg.dims)
+    scale = PCA_MARGIN * float(np.abs(coords).max()) or 1.0
+    out = [_from_perturbed(model, scale * d) for d in dirs]
+    info = {
+        "explained_variance": explained,
+        "trajectory": np.vstack([coords / scale, np.zeros((1, cfg.dims))]),  # ends at θ0
+        "scale": np.asarray(scale),
+    }
+    return out + [{}] * (2 - cfg.dims), {**info, "checkpoints": [n for n, _ in points]}
+
+
+def draw_eigen(
+    model: nn.Module, cfg: Config, batches: list[tuple[torch.Tensor, torch.Tensor]]
+) -> tuple[list[Direction], dict]:
+    """The top ``dims`` eigenvectors (largest algebraic eigenvalues) of the Hessian of the
+    landscape's own objective (NLL + L2 over its batches, eval mode) at θ0, by vitscope's
+    Lanczos, each scaled to the length of a filter-normalised random direction so the grid's
+    units compare with ``random``'s. Only ``l2="squared"`` (a ``wd I`` shift) or ``none``."""
+    from ..curvature import HessianOperator, lanczos
+
+    if cfg.l2 == "official":
+        raise ConfigError("landscape.directions=eigen needs landscape.l2 squared or none")
+    names = [n for n, p in model.named_parameters() if p.requires_grad]
+    params = [p for _, p in model.named_parameters() if p.requires_grad]
+    n = sum(len(t) for _, t in batches)
+
+    def loss() -> torch.Tensor:
+        return sum(soft_cross_entropy(model(x), t) * len(t) for x, t in batches) / n
+
+    shift = cfg.weight_decay if cfg.l2 == "squared" else 0.0
+    with HessianOperator(loss, params, l2_shift=shift or 0.0) as op:
+        found = lanczos(op, k=cfg.dims, max_iter=min(cfg.eigen_max_iter, op.dim), which="LA",
+                        seed=cfg.seed, return_vectors=True)  # fmt: skip
+    vecs = found.eigenvectors.T  # (dims, P), unit
+    ref = draw_directions(model, 1, "filter", cfg.seed)[0]
+    length = float(torch.sqrt(sum((t.double() ** 2).sum() for t in ref.values())))
+    out = []
+    for v in vecs:
+        d, i = {}, 0
+        for name, p in zip(names, params):
+            d[name] = (length * v[i : i + p.numel()]).view(p.shape).to(p.device, p.dtype)
+            i += p.numel()
+        out.append(d)
+    info = {
+        "eigenvalues": found.eigenvalues.numpy(),
+        "residuals": found.residuals.numpy(),
+        "scale": np.asarray(length),
+        "eigen_matvecs": np.asarray(found.num_matvecs),
+    }
+    return out + [{}] * (2 - cfg.dims), info
 
 
 def flatten_direction(model: nn.Module, d: Direction) -> torch.Tensor:
@@ -315,25 +455,40 @@ def _partial_key(cfg: Config, data: TrainData, model: nn.Module) -> dict:
     }
 
 
+INFO = ("explained_variance", "trajectory", "scale", "eigenvalues", "residuals", "eigen_matvecs")
+
+
 def _directions(
-    model: nn.Module, cfg: Config, data: TrainData, store: PartialStore | None
-) -> tuple[list[Direction], dict]:
-    """d1, d2 and the points already finished: from ``store`` if it holds this run's."""
-    if store is None:
-        return _draw(model, cfg), {}
+    model: nn.Module, cfg: Config, data: TrainData, ctx: Context, batches
+) -> tuple[list[Direction], dict, dict]:
+    """d1, d2, what the result keeps about them (PCA, eigen) and the points already
+    finished: from ``ctx.store`` if it holds this run's."""
+    if ctx.store is None:
+        dirs, info = _draw(model, cfg, ctx, batches)
+        return dirs, info, {}
+    names: list[str] = []
 
     def fresh() -> dict[str, np.ndarray]:
-        dirs = _draw(model, cfg)
-        return {k: flatten_direction(model, d).numpy() for k, d in zip(("d1", "d2"), dirs)}
+        dirs, info = _draw(model, cfg, ctx, batches)
+        names.extend(info.get("checkpoints", []))
+        flat = {k: flatten_direction(model, d).numpy() for k, d in zip(("d1", "d2"), dirs)}
+        return {**flat, **{k: np.asarray(v) for k, v in info.items() if k in INFO}}
 
-    done, arrays = store.resume(_partial_key(cfg, data, model), fresh)
+    done, arrays = ctx.store.resume(_partial_key(cfg, data, model), fresh)
     dirs = [unflatten_direction(model, arrays[k]) for k in ("d1", "d2")]
-    return dirs, done
+    info = {k: arrays[k] for k in INFO if k in arrays}
+    if cfg.directions == "pca":
+        info["checkpoints"] = names or [n for n, _ in trajectory(ctx.workdir.parent)]
+    return dirs, info, done
 
 
-def _draw(model: nn.Module, cfg: Config) -> list[Direction]:
-    """d1 and d2 (``{}`` for ``dims=1``)."""
-    return draw_directions(model, cfg.dims, cfg.norm, cfg.seed) + [{}] * (2 - cfg.dims)
+def _draw(model: nn.Module, cfg: Config, ctx: Context, batches) -> tuple[list[Direction], dict]:
+    """d1 and d2 (``{}`` for ``dims=1``) of ``cfg.directions``, and what to keep of them."""
+    if cfg.directions == "pca":
+        return draw_pca(model, cfg, ctx.workdir.parent if ctx.workdir is not None else None)
+    if cfg.directions == "eigen":
+        return draw_eigen(model, cfg, batches)
+    return draw_directions(model, cfg.dims, cfg.norm, cfg.seed) + [{}] * (2 - cfg.dims), {}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -375,8 +530,10 @@ def _result(
     ys: np.ndarray,
     dirs: list[Direction],
     grid: _Grid,
+    info: dict | None = None,
 ) -> Result:
     g = grid.values
+    info = info or {}
     j0, i0 = len(ys) // 2, len(xs) // 2
     names = [n for n, _ in model.named_parameters()]
     values = {
@@ -398,11 +555,26 @@ def _result(
         },
         "seconds_per_point": float(np.nanmean(g["seconds"])),
         "directions": {
+            "kind": cfg.directions,
             "parameters": names,
             "perturbed": [n for n in names if n in dirs[0]],
-            "excluded": EXCLUDE.pattern,
+            "excluded": EXCLUDE.pattern if cfg.directions != "eigen" else None,
         },
     }
+    if cfg.directions == "pca":
+        values[Keys.PCA] = {
+            "explained_variance": np.asarray(info["explained_variance"]).tolist(),
+            "checkpoints": list(info.get("checkpoints", [])),
+            "trajectory": np.asarray(info["trajectory"]).tolist(),
+            "scale": float(info["scale"]),
+        }
+    if cfg.directions == "eigen":
+        values[Keys.EIGEN] = {
+            "eigenvalues": np.asarray(info["eigenvalues"]).tolist(),
+            "residuals": np.asarray(info["residuals"]).tolist(),
+            "scale": float(info["scale"]),
+            "matvecs": int(info["eigen_matvecs"]),
+        }
     arrays = {
         "xs": xs,
         "ys": ys,
@@ -411,6 +583,8 @@ def _result(
         "d1": flatten_direction(model, dirs[0]).numpy(),
         "d2": flatten_direction(model, dirs[1] if len(dirs) > 1 else {}).numpy(),
     }
+    if cfg.directions == "pca":
+        arrays[Keys.TRAJECTORY] = np.asarray(info["trajectory"])
     return Result("landscape", values=values, arrays=arrays, config=config_dict(cfg))
 
 
@@ -444,11 +618,11 @@ def run(
     theta0 = {n: p.detach().clone() for n, p in model.named_parameters()}
     with eval_mode(model):
         try:
-            dirs, done = _directions(model, cfg, data, ctx.store)
-            for (j, i), point in done.items():
-                grid.record(j, i, point)
             dtype = next(iter(theta0.values())).dtype if theta0 else torch.float32
             batches = make_batches(data, cfg, dtype)
+            dirs, info, done = _directions(model, cfg, data, ctx, batches)
+            for (j, i), point in done.items():
+                grid.record(j, i, point)
 
             def compute(point: tuple[int, int]) -> dict[str, float]:
                 j, i = point
@@ -462,7 +636,7 @@ def run(
                 grid.record(j, i, values)
         finally:
             restore(model, theta0)
-    return _result(model, cfg, data, xs, ys, dirs, grid)
+    return _result(model, cfg, data, xs, ys, dirs, grid, info)
 
 
 def summary(result: Result) -> dict[str, float | None]:

@@ -65,11 +65,27 @@ def plot_landscape_contour(result: Result, ax, which: str = LandscapeKeys.LOSS) 
     cs = ax.contourf(xs, ys, np.ma.masked_invalid(z), levels=20, cmap=CMAP)
     ax.contour(xs, ys, np.ma.masked_invalid(z), levels=cs.levels, colors="k", linewidths=0.3)
     ax.plot(0, 0, marker="+", color="w", ms=8)
+    path = result.arrays.get(LandscapeKeys.TRAJECTORY)
+    if path is not None and np.ndim(path) == 2 and np.shape(path)[1] == 2:  # directions=pca
+        ax.plot(path[:, 0], path[:, 1], "o-", color="w", ms=2.5, lw=1, mec="k", mew=0.3)
+        ax.plot(path[0, 0], path[0, 1], marker="s", color="w", ms=4, mec="k", mew=0.3)
     ax.figure.colorbar(cs, ax=ax, label=f"{QUANTITIES[which]} − min")
     ax.set_aspect("equal")
-    ax.set_xlabel("d1")
-    ax.set_ylabel("d2")
+    ax.set_xlabel(_axis(result, 0))
+    ax.set_ylabel(_axis(result, 1))
     ax.set_title(_title(result, which), fontsize=9)
+
+
+def _axis(result: Result, k: int) -> str:
+    """``d1``/``d2``, with the share of the trajectory's variance a PCA direction explains or
+    the eigenvalue of an eigen direction."""
+    pca = result.values.get(LandscapeKeys.PCA)
+    eigen = result.values.get(LandscapeKeys.EIGEN)
+    if pca and k < len(pca.get("explained_variance", [])):
+        return f"PC{k + 1} ({100 * pca['explained_variance'][k]:.1f}% of the trajectory)"
+    if eigen and k < len(eigen.get("eigenvalues", [])):
+        return f"Hessian eigenvector {k + 1} (λ = {eigen['eigenvalues'][k]:.3g})"
+    return f"d{k + 1}"
 
 
 def plot_landscape_surface(result: Result, ax, which: str = LandscapeKeys.LOSS) -> None:
