@@ -241,3 +241,50 @@ def test_export_csv_and_the_errors(tmp_path, capsys):
     assert main(["export", "landscape", str(tmp_path), "--format", "csv"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 2 and "does not exist" in err[0] and "no landscape result" in err[1]
+
+
+def test_the_report_draws_a_pca_landscape_with_its_trajectory(tmp_path):
+    import yaml
+    from planted import write_run
+
+    from vitscope.report import build_report
+
+    res = synthetic(2, "")
+    path = np.array([[-0.8, 0.1], [-0.4, -0.2], [-0.1, 0.05], [0.0, 0.0]])
+    pca = {"explained_variance": [0.9, 0.08], "trajectory": path.tolist(),
+           "checkpoints": ["init", "epoch1", "epoch2"], "scale": 3.0}  # fmt: skip
+    values = {"dims": 2, "pca": pca}
+    arrays = {**res.arrays, "trajectory": path}
+    root = tmp_path / "study"
+    root.mkdir()
+    (root / "study.yaml").write_text(yaml.safe_dump({"name": "t", "description": "t"}))
+    rng = np.random.default_rng(0)
+    write_run(root / "runs", "resnet_tiny-f1-s0", "resnet_tiny", seed=0, rng=rng, acc=0.8,
+              results=[("landscape", values, arrays)])  # fmt: skip
+    write_run(root / "runs", "vit_tiny-f1-s0", "vit_tiny", seed=0, rng=rng, acc=0.7,
+              results=[("landscape", {"dims": 2}, res.arrays)])  # fmt: skip
+    html = build_report([root]).read_text()
+    assert "plane of the training trajectory" in html
+    figures = sorted(p.name for p in (root / "figures").glob("landscape_pca_*.png"))
+    assert figures == ["landscape_pca_resnet_tiny-f1-s0.png"]  # the random one has none
+
+
+def test_the_flatness_claim_reads_random_directions_only():
+    from dataclasses import replace
+    from pathlib import Path
+
+    from vitscope.report.claims import samples
+    from vitscope.report.claims.base import Resample
+    from vitscope.report.load import StudyRun
+
+    res = synthetic(2, "")
+    res.arrays["nll_batches"] = np.repeat(res.arrays["nll"][..., None], 2, axis=-1)
+    res.arrays["l2"] = np.zeros_like(res.arrays["nll"])
+    run = StudyRun("r", Path("r"), "s", "resnet_tiny", "d", 1.0)
+    run.results["landscape"] = res
+    rise = samples.landscape_rise(run, 0.5, Resample())
+    assert rise is not None and rise > 0
+    for kind in ("pca", "eigen"):  # the same surface, drawn along other directions
+        values = {**res.values, "directions": {"kind": kind}}
+        run.results["landscape"] = replace(res, values=values)
+        assert samples.landscape_rise(run, 0.5, Resample()) is None

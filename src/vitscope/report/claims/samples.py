@@ -174,8 +174,13 @@ def top_eigenvalue(run: StudyRun, rs: Resample) -> float | None:
 
 def landscape_rise(run: StudyRun, ring: float, rs: Resample) -> float | None:
     """Mean NLL + L2 on the L∞ ring nearest ``ring`` minus that at the centre, over
-    resampled batches (each batch's rise, then their mean)."""
+    resampled batches (each batch's rise, then their mean). Only a landscape along random
+    filter-normalised directions (Li et al., the paper's Fig 1a) is read: one drawn along the
+    training trajectory or the Hessian's eigenvectors (``landscape.directions``) rises for
+    other reasons, and gives None."""
     res = run.results["landscape"]
+    if (res.values.get("directions") or {}).get("kind", "random") != "random":
+        return None
     rise = _once(res, f"rise {ring}", lambda: _batch_rises(res, ring))
     if isinstance(rise, str):
         if rs.active:

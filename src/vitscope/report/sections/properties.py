@@ -14,7 +14,7 @@ from ..claims.curvature import hessian_eigenvalues, negative_share, top_eigenval
 from ..figures import single
 from ..load import StudyRun, pct
 from ..study_figures import overfitting_caption, overfitting_figure, small_data_figure
-from .common import PerRun, analysis_blocks, not_run, question, result_rows
+from .common import PerRun, analysis_blocks, not_run, per_run, question, result_rows
 
 LANDSCAPE_RINGS = (0.1, 0.2, 0.3, 0.5, 1.0)  # the rings of ``docs/methods/landscape.md``'s table
 
@@ -37,12 +37,29 @@ def section_properties(runs: Sequence[StudyRun], figs: FigureWriter) -> list[Blo
         runs, figs, "landscape", "Loss landscape", "Loss along d1 through the centre",
         figures=[surface], table=landscape_table,
     )  # fmt: skip
+    out += trajectory_blocks(runs, figs)
     out += analysis_blocks(
         runs, figs, "hessian", "Hessian max-eigenvalue spectra",
         "Density of the batch-wise top-k Hessian eigenvalues (negative | positive, own "
         "y-scales; dashed: fraction < 100%)", by_dataset=True, table=hessian_table,
     )  # fmt: skip
     return out + overfitting_blocks(runs, figs)
+
+
+def trajectory_blocks(runs: Sequence[StudyRun], figs: FigureWriter) -> list[Block]:
+    """The contours on the plane of each run's training trajectory, the trajectory drawn over
+    them, for the runs whose landscape used ``directions: pca``."""
+    pca = [
+        r for r in runs if LandscapeKeys.PCA in getattr(r.results.get("landscape"), "values", {})
+    ]
+    if not pca:
+        return []
+    spec = PerRun(
+        "landscape_pca", single(landscape_figures.draw_contour, (8, 3.6)),
+        "Loss landscape on the plane of the training trajectory (PCA; white: the checkpoints "
+        "from init, the square, to the analysed weights, the cross)", wide=True,
+    )  # fmt: skip
+    return per_run(pca, "landscape", spec, figs)
 
 
 def overfitting_blocks(runs: Sequence[StudyRun], figs: FigureWriter) -> list[Block]:
