@@ -7,9 +7,9 @@ the shape class and for *texture* when it names the texture class; the shape bia
     shape bias = shape decisions / (shape decisions + texture decisions),
 
 over the images whose two classes differ and are both classes the model knows (decisions of a
-third class count for neither). Geirhos et al. measured 0.2-0.3 for ImageNet ResNets and 0.96
-for people; a ViT's is higher than a ResNet's of the same accuracy (Naseer et al. 2021,
-Tuli et al. 2021).
+third class count for neither). Geirhos et al. measured about 0.22 for an ImageNet ResNet-50
+and 0.96 for people; ImageNet ViTs measure higher than ResNets (Naseer et al. 2021, Tuli et
+al. 2021).
 
 The images come from ``cueconflict.source`` (:mod:`vitscope.data.cueconflict`: the release's
 ``<shape>/<shape><n>-<texture><m>.png`` layout). Each category is mapped onto the model's
