@@ -72,16 +72,20 @@ def _run_dir(tmp_path, model, ab):
     run = tmp_path / "run"
     (run / "results").mkdir(parents=True)
     g = torch.Generator().manual_seed(1)
-    names = [n for n, p in model.named_parameters() if landscape.is_perturbed(n, p)]
-    flat = landscape._perturbed_flat(model)
-    u, v = torch.linalg.qr(torch.randn(len(flat), 2, generator=g, dtype=torch.float64))[0].T
+    perturbed = {n: torch.ones_like(p) for n, p in model.named_parameters()
+                 if landscape.is_perturbed(n, p)}  # fmt: skip
+    mask = landscape.flatten_direction(model, perturbed).bool()
+    flat = landscape._perturbed_vector(model)
+    q = torch.linalg.qr(torch.randn(int(mask.sum()), 2, generator=g, dtype=torch.float64))[0]
+    u, v = torch.zeros(2, len(flat), dtype=torch.float64)
+    u[mask], v[mask] = q[:, 0], q[:, 1]  # orthonormal, in the perturbed weights only
     for k, (a, b) in enumerate(ab):
         other = tiny()
         other.load_state_dict(model.state_dict())
-        moved = landscape._from_perturbed(other, flat + a * u + b * v)
+        moved = landscape.unflatten_direction(other, flat + a * u + b * v)
         with torch.no_grad():
             for n, p in other.named_parameters():
-                if n in names:
+                if n in perturbed:
                     p.copy_(moved[n])
         name = "init" if k == 0 else f"epoch{k}"
         save_checkpoint(run / "checkpoints" / f"{name}.pt", model=other, epoch=k)

@@ -67,6 +67,7 @@ def _h5py():
 def write_h5(path: Path, result: Result) -> Path:
     h5py = _h5py()
     xs, ys, grids = surfaces(result)
+    path.parent.mkdir(parents=True, exist_ok=True)
 
     def write(tmp: Path) -> None:
         with h5py.File(tmp, "w") as f:
@@ -169,15 +170,13 @@ def export_landscape(
     run = Path(run_dir)
     if not run.is_dir():
         raise VitscopeError(f"run directory {run} does not exist")
-    if fmt == "h5":
-        _h5py()  # before anything is written
     result = Result.load(run / "results", "landscape")
-    surfaces(result)  # a result that lacks a surface: one line, nothing written
     path = Path(out) if out is not None else run / "exports" / f"landscape.{fmt}"
-    path.parent.mkdir(parents=True, exist_ok=True)
     if fmt == "h5":
         return write_h5(path, result)
+    # the text is made first: a result that lacks a surface is one line, nothing written
     text = vtp_text(result, surface, zmax, log) if fmt == "vtp" else csv_text(result)
+    path.parent.mkdir(parents=True, exist_ok=True)
     return atomic_write_text(path, text)
 
 

@@ -193,25 +193,18 @@ def pca_directions(
     return dirs.T.contiguous(), explained, (rows @ dirs).numpy()
 
 
-def _perturbed_flat(model: nn.Module, state: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
-    """The perturbed parameters of ``model`` (or their values in ``state``), flattened."""
-    parts = []
+def _perturbed_vector(
+    model: nn.Module, state: dict[str, torch.Tensor] | None = None
+) -> torch.Tensor:
+    """The perturbed parameters of ``model`` (or their values in a checkpoint's ``state``) as
+    one float64 vector in :func:`flatten_direction`'s layout, zeros elsewhere."""
+    values = {}
     for name, p in model.named_parameters():
         if is_perturbed(name, p):
             if state is not None and name not in state:
                 raise VitscopeError(f"landscape.directions=pca: a checkpoint lacks {name}")
-            t = (state[name] if state is not None else p).detach()
-            parts.append(t.reshape(-1).to("cpu", torch.float64))
-    return torch.cat(parts)
-
-
-def _from_perturbed(model: nn.Module, flat: torch.Tensor) -> Direction:
-    d, i = {}, 0
-    for name, p in model.named_parameters():
-        if is_perturbed(name, p):
-            d[name] = flat[i : i + p.numel()].view(p.shape).to(p.device, p.dtype)
-            i += p.numel()
-    return d
+            values[name] = state[name] if state is not None else p
+    return flatten_direction(model, values).double()
 
 
 def trajectory(run_dir: Path) -> list[tuple[str, Path]]:
@@ -237,11 +230,11 @@ def draw_pca(model: nn.Module, cfg: Config, run_dir: Path | None) -> tuple[list[
             f"trajectory in {run_dir / 'checkpoints'} (init.pt, epochN.pt), found "
             f"{len(points)}; train with --set train.snapshot_every=1"
         )
-    final = _perturbed_flat(model)
-    flats = [_perturbed_flat(model, load_checkpoint(p)["model"]) for _, p in points]
+    final = _perturbed_vector(model)
+    flats = [_perturbed_vector(model, load_checkpoint(p)["model"]) for _, p in points]
     dirs, explained, coords = pca_directions(final, flats, cfg.dims)
     scale = PCA_MARGIN * float(np.abs(coords).max()) or 1.0
-    out = [_from_perturbed(model, scale * d) for d in dirs]
+    out = [unflatten_direction(model, scale * d) for d in dirs]  # zero off the perturbed ones
     info = {
         "explained_variance": explained,
         "trajectory": np.vstack([coords / scale, np.zeros((1, cfg.dims))]),  # ends at θ0
@@ -257,12 +250,12 @@ def draw_eigen(
     landscape's own objective (NLL + L2 over its batches, eval mode) at θ0, by vitscope's
     Lanczos, each scaled to the length of a filter-normalised random direction so the grid's
     units compare with ``random``'s. Only ``l2="squared"`` (a ``wd I`` shift) or ``none``."""
-    from ..curvature import HessianOperator, lanczos
+    from ..curvature import HessianOperator, lanczos, unflatten
 
     if cfg.l2 == "official":
         raise ConfigError("landscape.directions=eigen needs landscape.l2 squared or none")
-    names = [n for n, p in model.named_parameters() if p.requires_grad]
-    params = [p for _, p in model.named_parameters() if p.requires_grad]
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    params = [p for _, p in named]
     n = sum(len(t) for _, t in batches)
 
     def loss() -> torch.Tensor:
@@ -275,13 +268,13 @@ def draw_eigen(
     vecs = found.eigenvectors.T  # (dims, P), unit
     ref = draw_directions(model, 1, "filter", cfg.seed)[0]
     length = float(torch.sqrt(sum((t.double() ** 2).sum() for t in ref.values())))
-    out = []
-    for v in vecs:
-        d, i = {}, 0
-        for name, p in zip(names, params):
-            d[name] = (length * v[i : i + p.numel()]).view(p.shape).to(p.device, p.dtype)
-            i += p.numel()
-        out.append(d)
+    out = [
+        {
+            name: t.to(p.device, p.dtype)
+            for (name, p), t in zip(named, unflatten(length * v, params))
+        }
+        for v in vecs
+    ]
     info = {
         "eigenvalues": found.eigenvalues.numpy(),
         "residuals": found.residuals.numpy(),
@@ -466,19 +459,17 @@ def _directions(
     if ctx.store is None:
         dirs, info = _draw(model, cfg, ctx, batches)
         return dirs, info, {}
-    names: list[str] = []
 
     def fresh() -> dict[str, np.ndarray]:
         dirs, info = _draw(model, cfg, ctx, batches)
-        names.extend(info.get("checkpoints", []))
         flat = {k: flatten_direction(model, d).numpy() for k, d in zip(("d1", "d2"), dirs)}
         return {**flat, **{k: np.asarray(v) for k, v in info.items() if k in INFO}}
 
     done, arrays = ctx.store.resume(_partial_key(cfg, data, model), fresh)
     dirs = [unflatten_direction(model, arrays[k]) for k in ("d1", "d2")]
     info = {k: arrays[k] for k in INFO if k in arrays}
-    if cfg.directions == "pca":
-        info["checkpoints"] = names or [n for n, _ in trajectory(ctx.workdir.parent)]
+    if cfg.directions == "pca":  # the names follow from the run folder, as in draw_pca
+        info["checkpoints"] = [n for n, _ in trajectory(ctx.workdir.parent)]
     return dirs, info, done
 
 

@@ -133,7 +133,7 @@ def summary(result: Result) -> dict[str, float | None]:
     v = result.values
     grids, acc = v[Keys.GRIDS], v[Keys.ACCURACY]
     return {
-        "accuracy g=1 (%)": acc[grids.index(1)] if 1 in grids else None,
+        "accuracy g=1 (%)": acc[0],  # run() always starts with g = 1
         f"accuracy g={grids[-1]} (%)": acc[-1],
     }
 

@@ -12,7 +12,7 @@ from .. import figures
 from ..blocks import DASH, Block, FigureWriter, Heading, Table, Text, num, percent
 from ..claims.base import NOISE_HIGH_MIN, NOISE_LOW_MAX, Resample
 from ..claims.robustness import noise_bands
-from ..claims.shape import low_pass_retention, shape_bias, shuffle_retention
+from ..claims.shape import low_pass_retention, shuffle_retention
 from ..figures import single
 from ..load import StudyRun
 from .common import PerRun, analysis_blocks, question, result_rows
@@ -100,7 +100,8 @@ def shape_table(runs: Sequence[StudyRun]) -> Table:
         bias = DASH
         if c is not None and c.values.get(CueConflictKeys.SHAPE_BIAS) is not None:
             low, hi = c.values.get(CueConflictKeys.INTERVAL) or (None, None)
-            bias = f"{num(shape_bias(r, Resample()), '.3f')} [{num(low, '.2f')}, {num(hi, '.2f')}]"
+            point = c.values[CueConflictKeys.SHAPE_BIAS]
+            bias = f"{num(point, '.3f')} [{num(low, '.2f')}, {num(hi, '.2f')}]"
         rows.append([
             r.name, percent(clean),
             num(low_pass_retention(r, Resample()), ".3f") if f is not None else DASH,

@@ -18,16 +18,19 @@ from .common import first_seeds, not_run, with_result
 # analysis gets a generic section (:func:`section_other`)
 
 
+def _found(runs: Sequence[StudyRun]) -> set[str]:
+    """The analyses with results (or unreadable ones) in the runs."""
+    return {a for r in runs for a in (*r.results, *r.errors)}
+
+
 def other_analyses(runs: Sequence[StudyRun]) -> list[str]:
     """Analyses with results in the runs that no paper section covers (plug-ins, new ones)."""
-    found = {a for r in runs for a in (*r.results, *r.errors)}
-    return sorted(found - set(PAPER_ANALYSES) - set(SHAPE_ANALYSES))
+    return sorted(_found(runs) - set(PAPER_ANALYSES) - set(SHAPE_ANALYSES))
 
 
 def shape_analyses(runs: Sequence[StudyRun]) -> list[str]:
     """The shape-or-texture analyses (Q2) with results (or unreadable ones) in the runs."""
-    found = {a for r in runs for a in (*r.results, *r.errors)}
-    return [a for a in SHAPE_ANALYSES if a in found]
+    return [a for a in SHAPE_ANALYSES if a in _found(runs)]
 
 
 def section_other(
