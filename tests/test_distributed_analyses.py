@@ -132,6 +132,25 @@ def test_every_rank_returns_the_single_process_result(name, sharded, reference):
         assert_same_result(Result.load(sharded / "out" / f"rank{rank}", name), reference[name])
 
 
+def test_pca_eigen_and_interpolated_landscapes_shard_like_one_process(tmp_path):
+    two, one = tmp_path / "two", tmp_path / "one"
+    for root in (two, one):
+        worker.write_directions_runs(root)
+    launch(2, tmp_path / "out", f"--directions={two}")
+    model, data = worker.make_model(), worker.train_data()
+    for kind in worker.DIRECTIONS:
+        cfg = worker.directions_config(kind, one)
+        work = one / kind / "results"
+        want = landscape.ANALYSIS.execute(model, data, cfg, workdir=work)
+        for rank in (0, 1):
+            got = Result.load(tmp_path / "out" / f"rank{rank}" / kind, "landscape")
+            if kind == "interpolate":  # the far end's file is in another folder
+                for r in (got, want):
+                    r.values["interpolate"]["file"] = r.values["interpolate"]["endpoint"] = None
+            assert_same_result(got, want)
+        assert (two / kind / "results" / "landscape.partial.npz").is_file(), kind
+
+
 @pytest.mark.parametrize("name, total", [("landscape", 25), ("hessian", 5)])
 def test_each_item_is_computed_once_by_one_rank(name, total, sharded):
     mine = [ledger(sharded / "out", name, rank) for rank in (0, 1)]

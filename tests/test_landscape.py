@@ -286,13 +286,13 @@ def failing_after(k: int, monkeypatch, *, mid_point: bool = False) -> list:
     """Patch ``evaluate_point``: count calls, raise on call ``k`` (after moving θ if mid_point)."""
     real, calls = landscape.evaluate_point, []
 
-    def wrapper(model, batches, theta0, d1, d2, a, b, cfg):
+    def wrapper(model, batches, theta0, d1, d2, a, b, cfg, *rest):
         calls.append((a, b))
         if len(calls) == k:
             if mid_point:
                 landscape.set_point(model, theta0, d1, d2, a, b)
             raise Interrupt
-        return real(model, batches, theta0, d1, d2, a, b, cfg)
+        return real(model, batches, theta0, d1, d2, a, b, cfg, *rest)
 
     monkeypatch.setattr(landscape, "evaluate_point", wrapper)
     return calls

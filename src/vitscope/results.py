@@ -119,8 +119,15 @@ def saved_names(results_dir: str | Path) -> list[str]:
 
 
 def config_dict(cfg: Any) -> dict:
-    """An analysis config as a plain dict (a dataclass or a mapping)."""
-    return asdict(cfg) if is_dataclass(cfg) else dict(cfg)
+    """An analysis config as a plain dict (a dataclass or a mapping), tuples as lists: what
+    its JSON file gives back."""
+
+    def plain(v: Any) -> Any:
+        if isinstance(v, dict):
+            return {k: plain(x) for k, x in v.items()}
+        return [plain(x) for x in v] if isinstance(v, (tuple, list)) else v
+
+    return plain(asdict(cfg) if is_dataclass(cfg) else dict(cfg))
 
 
 __all__ = ["Result", "config_dict", "saved_names"]

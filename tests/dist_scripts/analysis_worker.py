@@ -2,6 +2,7 @@
 
     torchrun --nproc-per-node 2 --master-port P analysis_worker.py OUT --analyses a,b
         [--workdir DIR] [--die-rank R --die-after K] [--study DIR] [--foreign]
+        [--directions ROOT]
 
 Every rank saves the Result its ``run`` returned under ``OUT/rank<r>/`` (so the test can check
 that all ranks agree) and appends each landscape point / Hessian batch it computed to
@@ -10,7 +11,9 @@ that all ranks agree) and appends each landscape point / Hessian batch it comput
 ``OUT/died.rank<R>``. With ``--study DIR`` the analyses also run through
 :func:`vitscope.run_analyses.analyze_model` into DIR; its progress lines go to
 ``OUT/log.rank<r>.txt``. With ``--foreign`` the model is :class:`PlainNet` (no
-``vitscope_blocks``) wrapped as a ``ForeignModel``.
+``vitscope_blocks``) wrapped as a ``ForeignModel``. With ``--directions ROOT`` the landscape
+also runs along each of :data:`DIRECTIONS` (PCA, eigen, interpolate) on the run folders
+:func:`write_directions_runs` prepared under ROOT, saved under ``OUT/rank<r>/<kind>/``.
 
 The tests import this file for the same model, data and configs in their own process.
 """
@@ -68,6 +71,35 @@ SETS = [
     for field, value in vars(cfg).items()
     if field != "device"
 ]
+
+
+DIRECTIONS = ("pca", "eigen", "interpolate")
+
+
+def directions_config(kind: str, root: Path) -> landscape.Config:
+    """The landscape along ``kind``'s directions (its run folder: ``root / kind``)."""
+    small = {"num_points": 3, "batches": 1, "batch_size": 8}
+    if kind == "eigen":
+        return landscape.Config(directions="eigen", eigen_max_iter=8, **small)
+    if kind == "interpolate":
+        end = str(root / kind / "checkpoints" / "init.pt")
+        return landscape.Config(directions="interpolate", endpoint=end, **small)
+    return landscape.Config(directions=kind, **small)
+
+
+def write_directions_runs(root: Path) -> None:
+    """Run folders whose checkpoints (init, epoch1, epoch2) are the model moved along seeded
+    random steps: a trajectory for PCA and a far end for the interpolation."""
+    from vitscope.train.checkpoint import save_checkpoint
+
+    g = torch.Generator().manual_seed(3)
+    for kind in DIRECTIONS:
+        for k, name in enumerate(("init", "epoch1", "epoch2")):
+            other = make_model()
+            with torch.no_grad():
+                for p in other.parameters():
+                    p.add_(torch.randn(p.shape, generator=g), alpha=0.1 * (3 - k))
+            save_checkpoint(root / kind / "checkpoints" / f"{name}.pt", model=other, epoch=k)
 
 
 def make_model() -> torch.nn.Module:
@@ -183,6 +215,7 @@ def main() -> int:
     p.add_argument("--die-after", type=int, default=0)
     p.add_argument("--study", type=Path)
     p.add_argument("--foreign", action="store_true", help="PlainNet under ForeignModel")
+    p.add_argument("--directions", type=Path, help="root of write_directions_runs' folders")
     args = p.parse_args()
 
     torch.set_num_threads(1)
@@ -194,6 +227,10 @@ def main() -> int:
     names = [n for n in args.analyses.split(",") if n]
     for name in names:
         run(name, model, args.workdir).save(args.out / f"rank{rank}")
+    for kind in DIRECTIONS if args.directions else ():
+        cfg, work = directions_config(kind, args.directions), args.directions / kind / "results"
+        res = get_analysis("landscape").execute(model, train_data(), cfg, workdir=work)
+        res.save(args.out / f"rank{rank}" / kind)
     if args.study:
         from vitscope import run_analyses as study
 

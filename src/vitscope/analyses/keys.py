@@ -88,7 +88,9 @@ class LandscapeKeys:
     PCA = "pca"  # directions=pca: explained variance, checkpoints, trajectory, scale
     EIGEN = "eigen"  # directions=eigen: the eigenvalues of the directions, residuals, scale
     TRAJECTORY = "trajectory"  # array (points, dims): the trajectory on the PCA plane
-    OPTIONAL = (PCA, EIGEN, TRAJECTORY)  # only for those directions
+    # directions=interpolate: endpoint, file, buffers, ends (α = 0, 1), barrier, distance
+    INTERPOLATE = "interpolate"
+    OPTIONAL = (PCA, EIGEN, TRAJECTORY, INTERPOLATE)  # only for those directions
     REQUIRED = (XS, YS, LOSS)  # without these no reader can use it
 
 

@@ -51,7 +51,9 @@ from .spec import Analysis, Context, FigureSpec
 from .store import state_digest
 
 NORMS = ("filter", "official", "layer")
-DIRECTIONS = ("random", "pca", "eigen")
+DIRECTIONS = ("random", "pca", "eigen", "interpolate")
+BUFFERS = ("recompute", "nearer")  # directions=interpolate: where the buffers come from
+CHECKPOINT_NAME = re.compile(r"^(best|last|init|warmup|epoch\d+)$")
 PCA_MARGIN = 1.2  # the PCA grid's unit: this times the trajectory's largest coordinate
 # parameters whose names match get a zero direction (the released code's exclusion list)
 EXCLUDE = re.compile(r"pos_embed|relative_position")
@@ -68,7 +70,15 @@ class Config:
     span: float = 1.0  # the grid covers [-span, span] on each axis
     # random: filter-normalised Gaussian (Li et al.) | pca: the training trajectory's top
     # principal directions (needs train.snapshot_every) | eigen: the top Hessian eigenvectors
+    # | interpolate: 1-D, (1-α)·θ0 + α·θ_endpoint (dims, span and norm do not apply)
     directions: str = "random"
+    # directions=interpolate: the other end, a checkpoint of this run (init, best, last, warmup,
+    # epochN), another run's folder (its best.pt) or a weights file (.pt, .safetensors)
+    endpoint: str | None = None
+    alpha_range: tuple[float, float] = (-0.5, 1.5)  # α from, to; 0 and 1 are always on the grid
+    # recompute: BatchNorm statistics re-estimated at each α on the landscape's batches (other
+    # buffers from the nearer end) | nearer: every buffer from the nearer end (α <= 0.5: θ0's)
+    buffers: str = "recompute"
     norm: str = "filter"  # random directions' normalisation: filter | official | layer
     eigen_max_iter: int = 60  # Lanczos products for directions=eigen
     l2: str = "squared"  # squared: 0.5·wd·Σθ² | official: wd·Σ_p‖θ_p‖₂ | none
@@ -83,7 +93,7 @@ class Config:
             raise ConfigError(f"landscape.dims must be 1 or 2, got {self.dims!r}")
         if not (isinstance(self.num_points, int) and self.num_points >= 1):
             raise ConfigError(f"landscape.num_points must be >= 1, got {self.num_points!r}")
-        if self.num_points % 2 == 0:
+        if self.num_points % 2 == 0 and self.directions != "interpolate":
             raise ConfigError(
                 f"landscape.num_points must be odd so the grid holds (0, 0), got {self.num_points}"
             )
@@ -91,6 +101,17 @@ class Config:
             raise ConfigError(f"landscape.span must be a positive number, got {self.span!r}")
         _check_choice("directions", self.directions, DIRECTIONS)
         _check_choice("norm", self.norm, NORMS)
+        _check_choice("buffers", self.buffers, BUFFERS)
+        lo_hi = tuple(self.alpha_range)
+        if len(lo_hi) != 2 or not all(math.isfinite(v) for v in lo_hi) or lo_hi[0] >= lo_hi[1]:
+            raise ConfigError(
+                f"landscape.alpha_range must be [from, to] with from < to, got {list(lo_hi)}"
+            )
+        if self.directions == "interpolate" and not self.endpoint:
+            raise ConfigError(
+                "landscape.directions=interpolate needs landscape.endpoint: a checkpoint of "
+                "the run (e.g. init), another run's folder or a weights file"
+            )
         if self.eigen_max_iter < 2:
             raise ConfigError(f"landscape.eigen_max_iter must be >= 2, got {self.eigen_max_iter}")
         _check_choice("l2", self.l2, L2_MODES)
@@ -284,6 +305,126 @@ def draw_eigen(
     return out + [{}] * (2 - cfg.dims), info
 
 
+def endpoint_path(endpoint: str, run_dir: Path | None) -> Path:
+    """The weights file ``landscape.endpoint`` names: a checkpoint of the analysed run
+    (``init``, ``best``, ``last``, ``warmup``, ``epochN``), another run's folder (its
+    ``checkpoints/best.pt``) or a file."""
+    where = f"landscape.endpoint={endpoint}"
+    if CHECKPOINT_NAME.match(endpoint):
+        if run_dir is None:
+            raise VitscopeError(f"{where} names a run's checkpoint: analyse a run directory")
+        path = run_dir / "checkpoints" / f"{endpoint}.pt"
+        if not path.is_file():
+            hint = " (train with --set train.snapshot_every=1)" if endpoint[:5] == "epoch" else ""
+            raise VitscopeError(f"{where}: {path} does not exist{hint}")
+        return path
+    path = Path(endpoint).expanduser()
+    if path.is_dir():
+        if not (path / "checkpoints" / "best.pt").is_file():
+            raise VitscopeError(f"{where}: {path} holds no checkpoints/best.pt")
+        return path / "checkpoints" / "best.pt"
+    if not path.is_file():
+        raise VitscopeError(
+            f"{where} is neither a checkpoint of the run (init, best, last, warmup, epochN), "
+            "a run folder nor a weights file"
+        )
+    return path
+
+
+def endpoint_state(model: nn.Module, path: Path) -> dict[str, torch.Tensor]:
+    """The parameters and buffers of the weights at ``path`` under ``model``'s names, loaded
+    strictly into a copy of ``model`` (or of a foreign model's network, for a file saved from
+    it), on ``model``'s device and dtypes."""
+    import copy
+
+    from ..foreign import ForeignModel, state_dict_of
+    from ..foreign.load import load_state
+
+    state = state_dict_of(path)
+    target, prefix = model, ""
+    if isinstance(model, ForeignModel) and not set(state) & set(model.state_dict()):
+        target, prefix = model.net, "net."  # a file of the network alone
+    other = copy.deepcopy(target)
+    load_state(other, state, path, "the analysed model (landscape.endpoint)")
+    named = [*other.named_parameters(), *other.named_buffers()]
+    return {prefix + n: t.detach() for n, t in named}
+
+
+@torch.no_grad()
+def recompute_batchnorm(model: nn.Module, inputs: list[torch.Tensor]) -> None:
+    """Re-estimate every BatchNorm's running mean and variance at the current parameters: the
+    statistics are reset and averaged over ``inputs`` (each batch weighted equally, as
+    ``torch.optim.swa_utils.update_bn`` does), with only the BatchNorm layers in training
+    mode, so dropout and stochastic depth stay off and the estimate is deterministic."""
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if not norms:
+        return
+    saved = [(m, m.momentum, m.training) for m in norms]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # a cumulative average
+        m.train()
+    try:
+        for x in inputs:
+            model(x)
+    finally:
+        for m, momentum, training in saved:
+            m.momentum = momentum
+            m.train(training)
+
+
+class Interpolation:
+    """Places a model at ``(1-α)·θa + α·θb`` (``torch.lerp``: θa at α = 0 and θb at α = 1
+    bit-exactly), its buffers from the nearer end and, with ``buffers="recompute"``, its
+    BatchNorm statistics re-estimated on ``inputs``."""
+
+    def __init__(
+        self,
+        a: dict[str, torch.Tensor],
+        b: dict[str, torch.Tensor],
+        buffers: str,
+        inputs: list[torch.Tensor],
+    ) -> None:
+        self.a, self.b, self.buffers, self.inputs = a, b, buffers, inputs
+
+    @torch.no_grad()
+    def place(self, model: nn.Module, alpha: float) -> None:
+        for name, p in model.named_parameters():
+            a, b = self.a[name], self.b.get(name, self.a[name])
+            p.copy_(a if alpha == 0 else b if alpha == 1 else torch.lerp(a, b, alpha))
+        near = self.a if alpha <= 0.5 else self.b
+        for name, buf in model.named_buffers():
+            buf.copy_(near.get(name, self.a[name]))
+        if self.buffers == "recompute":
+            recompute_batchnorm(model, self.inputs)
+
+
+def interpolation_axis(cfg: Config) -> np.ndarray:
+    """α: ``num_points`` values over ``alpha_range`` with 0 and 1 put on the grid exactly (a
+    value within 1e-9 of the range's width is moved there, else they are added)."""
+    lo, hi = cfg.alpha_range
+    xs = np.linspace(lo, hi, cfg.num_points) if cfg.num_points > 1 else np.array([lo])
+    for v in (0.0, 1.0):
+        near = np.abs(xs - v) <= 1e-9 * (hi - lo)
+        if near.any():
+            xs[near] = v
+        else:
+            xs = np.sort(np.append(xs, v))
+    return xs
+
+
+def barrier(xs: np.ndarray, z: np.ndarray) -> float | None:
+    """The loss barrier of linear interpolation (Frankle et al. 2020): the largest excess of
+    ``z(α)`` over the straight line between ``z(0)`` and ``z(1)``, over the grid's α in
+    [0, 1] (a lower bound of the supremum over the segment); None if an end is missing."""
+    i0, i1 = int(np.flatnonzero(xs == 0)[0]), int(np.flatnonzero(xs == 1)[0])
+    inside = (xs >= 0) & (xs <= 1) & np.isfinite(z)
+    if not (np.isfinite(z[i0]) and np.isfinite(z[i1])):
+        return None
+    line = (1 - xs) * z[i0] + xs * z[i1]
+    return float(np.max(z[inside] - line[inside]))
+
+
 def flatten_direction(model: nn.Module, d: Direction) -> torch.Tensor:
     """One vector over all parameters (``named_parameters`` order), zeros where absent."""
     parts = [
@@ -331,10 +472,12 @@ def set_point(
 
 
 @torch.no_grad()
-def restore(model: nn.Module, theta0: Direction) -> None:
-    """Copy θ0 back into the parameters (bit-exact)."""
+def restore(model: nn.Module, theta0: Direction, buffers: Direction | None = None) -> None:
+    """Copy θ0 back into the parameters, and ``buffers`` into the buffers (bit-exact)."""
     for name, p in model.named_parameters():
         p.copy_(theta0[name])
+    for name, b in model.named_buffers() if buffers is not None else ():
+        b.copy_(buffers[name])
 
 
 @torch.no_grad()
@@ -347,8 +490,10 @@ def evaluate_point(
     a: float,
     b: float,
     cfg: Config,
+    interpolation: Interpolation | None = None,
 ) -> dict[str, float]:
-    """NLL, accuracy, L2 and ``loss = NLL + L2`` at θ0 + a·d1 + b·d2.
+    """NLL, accuracy, L2 and ``loss = NLL + L2`` at θ0 + a·d1 + b·d2 (with an
+    ``interpolation``: at its α = a instead).
 
     The model should be in eval mode. It is left at the point: the caller restores θ0 (as
     :func:`run` does). ``cfg.weight_decay`` must be resolved (not None) unless ``l2="none"``.
@@ -357,7 +502,10 @@ def evaluate_point(
     """
     if cfg.weight_decay is None and cfg.l2 != "none":
         raise ConfigError("landscape.weight_decay must be resolved before evaluating a point")
-    set_point(model, theta0, d1, d2, a, b)
+    if interpolation is not None:
+        interpolation.place(model, a)
+    else:
+        set_point(model, theta0, d1, d2, a, b)
     nll = torch.zeros((), dtype=torch.float64)
     correct, n = 0, 0
     per_batch = []
@@ -384,7 +532,10 @@ def evaluate_point(
 
 
 def grid_axes(cfg: Config) -> tuple[np.ndarray, np.ndarray]:
-    """``xs`` and ``ys`` (``ys = [0]`` for ``dims=1``); the middle entry is exactly 0."""
+    """``xs`` and ``ys`` (``ys = [0]`` for ``dims=1``); the middle entry is exactly 0 (for
+    ``directions=interpolate``: ``xs`` is :func:`interpolation_axis`)."""
+    if cfg.directions == "interpolate":
+        return interpolation_axis(cfg), np.zeros(1)
     xs = cfg.span * np.linspace(-1.0, 1.0, cfg.num_points)
     xs[cfg.num_points // 2] = 0.0
     ys = xs.copy() if cfg.dims == 2 else np.zeros(1)
@@ -439,12 +590,14 @@ class _Grid:
         return [(j, i) for j, i in np.ndindex(*self.done.shape) if not self.done[j, i]]
 
 
-def _partial_key(cfg: Config, data: TrainData, model: nn.Module) -> dict:
-    """What a finished point depends on: the config, the data and θ0 (the device does not)."""
+def _partial_key(cfg: Config, data: TrainData, model: nn.Module, far: Direction | None) -> dict:
+    """What a finished point depends on: the config, the data, θ0 and an interpolation's far
+    end (the device does not)."""
     return {
         "config": {k: v for k, v in config_dict(cfg).items() if k != "device"},
         "data": {"images": len(data), "transform": data.transform},
         "state_sha256": state_digest(model),
+        **({"endpoint_sha256": state_digest(far)} if far is not None else {}),
     }
 
 
@@ -452,20 +605,20 @@ INFO = ("explained_variance", "trajectory", "scale", "eigenvalues", "residuals",
 
 
 def _directions(
-    model: nn.Module, cfg: Config, data: TrainData, ctx: Context, batches
+    model: nn.Module, cfg: Config, data: TrainData, ctx: Context, batches, far: Direction | None
 ) -> tuple[list[Direction], dict, dict]:
     """d1, d2, what the result keeps about them (PCA, eigen) and the points already
-    finished: from ``ctx.store`` if it holds this run's."""
+    finished: from ``ctx.store`` if it holds this run's. ``far``: an interpolation's far end."""
     if ctx.store is None:
-        dirs, info = _draw(model, cfg, ctx, batches)
+        dirs, info = _draw(model, cfg, ctx, batches, far)
         return dirs, info, {}
 
     def fresh() -> dict[str, np.ndarray]:
-        dirs, info = _draw(model, cfg, ctx, batches)
+        dirs, info = _draw(model, cfg, ctx, batches, far)
         flat = {k: flatten_direction(model, d).numpy() for k, d in zip(("d1", "d2"), dirs)}
         return {**flat, **{k: np.asarray(v) for k, v in info.items() if k in INFO}}
 
-    done, arrays = ctx.store.resume(_partial_key(cfg, data, model), fresh)
+    done, arrays = ctx.store.resume(_partial_key(cfg, data, model, far), fresh)
     dirs = [unflatten_direction(model, arrays[k]) for k in ("d1", "d2")]
     info = {k: arrays[k] for k in INFO if k in arrays}
     if cfg.directions == "pca":  # the names follow from the run folder, as in draw_pca
@@ -473,10 +626,21 @@ def _directions(
     return dirs, info, done
 
 
-def _draw(model: nn.Module, cfg: Config, ctx: Context, batches) -> tuple[list[Direction], dict]:
-    """d1 and d2 (``{}`` for ``dims=1``) of ``cfg.directions``, and what to keep of them."""
+def _run_dir(ctx: Context) -> Path | None:
+    """The run folder of the results folder the analysis writes to."""
+    return ctx.workdir.parent if ctx.workdir is not None else None
+
+
+def _draw(
+    model: nn.Module, cfg: Config, ctx: Context, batches, far: Direction | None
+) -> tuple[list[Direction], dict]:
+    """d1 and d2 (``{}`` for ``dims=1``) of ``cfg.directions``, and what to keep of them (an
+    interpolation's d1 is ``θ_far - θ0``, over every parameter)."""
+    if far is not None:
+        d1 = {n: far[n] - p.detach() for n, p in model.named_parameters()}
+        return [{n: t for n, t in d1.items() if torch.any(t != 0)}, {}], {}
     if cfg.directions == "pca":
-        return draw_pca(model, cfg, ctx.workdir.parent if ctx.workdir is not None else None)
+        return draw_pca(model, cfg, _run_dir(ctx))
     if cfg.directions == "eigen":
         return draw_eigen(model, cfg, batches)
     return draw_directions(model, cfg.dims, cfg.norm, cfg.seed) + [{}] * (2 - cfg.dims), {}
@@ -525,18 +689,19 @@ def _result(
 ) -> Result:
     g = grid.values
     info = info or {}
-    j0, i0 = len(ys) // 2, len(xs) // 2
+    interpolate = cfg.directions == "interpolate"
+    j0, i0 = int(np.flatnonzero(ys == 0)[0]), int(np.flatnonzero(xs == 0)[0])
     names = [n for n, _ in model.named_parameters()]
     values = {
         "coords": {"xs": xs.tolist(), "ys": ys.tolist()},
         **{k: _nested(g[k]) for k in ("loss", "nll", "acc", "l2", "seconds")},
         "center": {k: float(g[k][j0, i0]) for k in ("loss", "nll", "acc", "l2")},
-        "rings": ring_summaries(xs, ys, g),
+        "rings": [] if interpolate else ring_summaries(xs, ys, g),  # no radius along a line
         "dims": cfg.dims,
-        "norm": cfg.norm,
+        "norm": cfg.norm if cfg.directions == "random" else None,
         "l2_mode": cfg.l2,
         "weight_decay": cfg.weight_decay,
-        "bn_mode": "eval",
+        "bn_mode": f"interpolate: {cfg.buffers}" if interpolate else "eval",
         "operator": {
             "batches": cfg.batches,
             "batch_size": cfg.batch_size,
@@ -549,9 +714,20 @@ def _result(
             "kind": cfg.directions,
             "parameters": names,
             "perturbed": [n for n in names if n in dirs[0]],
-            "excluded": EXCLUDE.pattern if cfg.directions != "eigen" else None,
+            "excluded": EXCLUDE.pattern if cfg.directions in ("random", "pca") else None,
         },
     }
+    if interpolate:
+        i1 = int(np.flatnonzero(xs == 1)[0])
+        d1 = dirs[0]
+        values[Keys.INTERPOLATE] = {
+            "endpoint": cfg.endpoint,
+            "file": info.get("file"),
+            "buffers": cfg.buffers,
+            "ends": [{k: float(g[k][0, i]) for k in ("loss", "nll", "acc")} for i in (i0, i1)],
+            "barrier": {k: barrier(xs, g[k][0]) for k in ("loss", "nll")},
+            "distance": float(torch.sqrt(sum((t.double() ** 2).sum() for t in d1.values()))),
+        }
     if cfg.directions == "pca":
         values[Keys.PCA] = {
             "explained_variance": np.asarray(info["explained_variance"]).tolist(),
@@ -604,14 +780,24 @@ def run(
     """
     if cfg.weight_decay is None:
         cfg = replace(cfg, weight_decay=float(data.weight_decay))
+    if cfg.directions == "interpolate":
+        cfg = replace(cfg, dims=1)
     xs, ys = grid_axes(cfg)
     grid = _Grid.empty((len(ys), len(xs)), cfg.batches)
     theta0 = {n: p.detach().clone() for n, p in model.named_parameters()}
+    buffers0 = {n: b.detach().clone() for n, b in model.named_buffers()}
     with eval_mode(model):
         try:
             dtype = next(iter(theta0.values())).dtype if theta0 else torch.float32
             batches = make_batches(data, cfg, dtype)
-            dirs, info, done = _directions(model, cfg, data, ctx, batches)
+            far = interp = path = None
+            if cfg.directions == "interpolate":
+                path = endpoint_path(cfg.endpoint or "", _run_dir(ctx))
+                far = endpoint_state(model, path)
+                inputs = [x for x, _ in batches]
+                interp = Interpolation({**theta0, **buffers0}, far, cfg.buffers, inputs)
+            dirs, drawn, done = _directions(model, cfg, data, ctx, batches, far)
+            info = {**drawn, **({"file": str(path)} if path is not None else {})}
             for (j, i), point in done.items():
                 grid.record(j, i, point)
 
@@ -619,19 +805,27 @@ def run(
                 j, i = point
                 t0 = time.perf_counter()
                 a, b = float(xs[i]), float(ys[j])
-                out = evaluate_point(model, batches, theta0, *dirs, a, b, cfg)
+                out = evaluate_point(model, batches, theta0, *dirs, a, b, cfg, interp)
                 return {**out, "seconds": time.perf_counter() - t0}
 
             save = ctx.store.add if ctx.store is not None else None
             for (j, i), values in map_items(grid.todo(), compute, save).items():
                 grid.record(j, i, values)
         finally:
-            restore(model, theta0)
+            restore(model, theta0, buffers0)
     return _result(model, cfg, data, xs, ys, dirs, grid, info)
 
 
 def summary(result: Result) -> dict[str, float | None]:
-    """NLL + L2 at θ0 and its mean rise on the ring at radius 0.5."""
+    """NLL + L2 at θ0 and its mean rise on the ring at radius 0.5; for an interpolation, NLL +
+    L2 at both ends and the barrier between them."""
+    interp = result.values.get(Keys.INTERPOLATE)
+    if interp:
+        return {
+            "NLL + L2 at α = 0": interp["ends"][0]["loss"],
+            "NLL + L2 at α = 1": interp["ends"][1]["loss"],
+            "barrier (NLL + L2)": interp["barrier"]["loss"],
+        }
     center = result.values[Keys.CENTER]["loss"]
     ring = next((r for r in result.values[Keys.RINGS] if abs(r["r"] - 0.5) < 1e-9), None)
     rise = ring["loss"] - center if ring and ring["loss"] is not None else None
@@ -653,6 +847,7 @@ ANALYSIS = Analysis(
     summary=summary,
     compare="vitscope.report.compare:landscape",
     keys=Keys,
-    description="Loss landscape (NLL + L2) along filter-normalised random directions (Fig 1a)",
+    description="Loss landscape (NLL + L2) along filter-normalised random directions (Fig 1a), "
+    "PCA or Hessian-eigenvector directions, or between two models",
     order=60,
 )

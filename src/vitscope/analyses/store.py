@@ -23,7 +23,7 @@ import hashlib
 import json
 import warnings
 import zipfile
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -44,9 +44,11 @@ def _item(value: Any) -> Hashable:
 
 
 def state_digest(module: Any) -> str:
-    """SHA-256 of a model's state: every parameter and buffer (names, shapes, dtypes, bytes)."""
+    """SHA-256 of a model's state: every parameter and buffer (names, shapes, dtypes, bytes);
+    ``module`` may also be a mapping of names to tensors."""
     h = hashlib.sha256()
-    for name, t in module.state_dict().items():
+    state = module if isinstance(module, Mapping) else module.state_dict()
+    for name, t in state.items():
         h.update(f"{name}{tuple(t.shape)}{t.dtype}".encode())
         h.update(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
     return h.hexdigest()

@@ -54,7 +54,13 @@ def state_dict_of(path: str | Path) -> dict:
 
 def load_weights(model: nn.Module, path: str | Path, what: str) -> None:
     """Load ``path`` into ``model`` strictly; a mismatch names the first keys that differ."""
-    state = state_dict_of(path)
+    load_state(model, state_dict_of(path), path, what)
+
+
+def load_state(model: nn.Module, state: Mapping, path: str | Path, what: str) -> None:
+    """Load the state dict ``state`` (read from ``path``) into ``model`` strictly (a
+    DataParallel/DDP ``module.`` prefix is dropped); a mismatch names the first keys that
+    differ."""
     if state and all(k.startswith("module.") for k in state):  # saved from DataParallel/DDP
         state = {k[len("module.") :]: v for k, v in state.items()}
     try:

@@ -78,9 +78,14 @@ def plot_landscape_contour(result: Result, ax, which: str = LandscapeKeys.LOSS) 
 
 def _axis(result: Result, k: int) -> str:
     """``d1``/``d2``, with the share of the trajectory's variance a PCA direction explains or
-    the eigenvalue of an eigen direction."""
+    the eigenvalue of an eigen direction; α for an interpolation."""
     pca = result.values.get(LandscapeKeys.PCA)
     eigen = result.values.get(LandscapeKeys.EIGEN)
+    interp = result.values.get(LandscapeKeys.INTERPOLATE)
+    if interp and k == 0:
+        end = str(interp.get("endpoint"))
+        end = end if len(end) <= 32 else "…" + end[-31:]
+        return f"α: (1 − α)·θ0 + α·θ({end})"
     if pca and k < len(pca.get("explained_variance", [])):
         return f"PC{k + 1} ({100 * pca['explained_variance'][k]:.1f}% of the trajectory)"
     if eigen and k < len(eigen.get("eigenvalues", [])):
@@ -116,7 +121,10 @@ def plot_landscape_1d(results: Sequence[Result], ax, which: str = LandscapeKeys.
         label = group_label(group, members) if len(members) > 1 else members[0].label() or None
         plot_band(ax, curves[0][0], [_shifted(z) for _, z in curves], label, marker="o", ms=3)
     ax.axvline(0, color="0.6", lw=0.8)
-    ax.set_xlabel("d1")
+    interp = results[0].values.get(LandscapeKeys.INTERPOLATE) if results else None
+    if interp:  # a line between two models: mark the far end too
+        ax.axvline(1, color="0.6", lw=0.8)
+    ax.set_xlabel(_axis(results[0], 0) if results else "d1")
     ax.set_ylabel(f"{QUANTITIES[which]} − min")
     ax.set_title(QUANTITIES[which], fontsize=9)
     if any(r.label() for r in results):
