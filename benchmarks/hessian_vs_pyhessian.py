@@ -19,6 +19,11 @@ parameters, no L2 (PyHessian has none). Then
   float32, its Hessian-vector products counted by wrapping ``hessian_vector_product``;
 * ``reference``: Lanczos on a float64 copy of the model at ``tol=1e-8``.
 
+* ``vitscope@matched``: Lanczos at the loosest tolerance of :data:`MATCH_TOLS` whose top-5
+  and top-1 errors are both no larger than PyHessian's on the same batch (what equal accuracy
+  costs each; the tolerance is picked with the reference in hand, so this is the best case of
+  the ladder, not a setting to use blind).
+
 Each method's wall time includes building its operator (one forward and backward with
 ``create_graph``). Errors are ``|λ_i - λ_i^ref| / |λ_i^ref|`` with both lists ordered by
 magnitude (``max`` over the five, and the top one alone).
@@ -106,6 +111,7 @@ def run_pyhessian(module, model, x, t) -> dict:
 
 
 LOOSE_TOL = 1e-2  # our residual tolerance loosened towards PyHessian's achieved accuracy
+MATCH_TOLS = (1e-2, 3e-2, 1e-1, 3e-1)  # tried in turn for vitscope@matched
 
 
 def errors(eigs: torch.Tensor, ref: torch.Tensor) -> tuple[float, float]:
@@ -121,12 +127,21 @@ def bench(name: str, batch_size: int, module) -> dict:
     ours = run_vitscope(model, x, t)
     loose = run_vitscope(model, x, t, LOOSE_TOL)
     theirs = run_pyhessian(module, model, x, t)
+    target = errors(theirs["eigs"], ref["eigs"])
+    matched = ours
+    for tol in MATCH_TOLS:  # the loosest tolerance still as accurate as PyHessian
+        trial = run_vitscope(model, x, t, tol)
+        got = errors(trial["eigs"], ref["eigs"])
+        if got[0] > target[0] or got[1] > target[1]:
+            break
+        matched = {**trial, "tol": tol}
     return {
         "model": name,
         "params": sum(p.numel() for p in model.parameters()),
         "ref": ref,
         "vitscope": ours,
         "vitscope@loose": loose,
+        "vitscope@matched": {"tol": TOL, **matched},
         "pyhessian": theirs,
     }
 
@@ -136,15 +151,15 @@ def report(rows: list[dict], batch_size: int) -> None:
         f"\ntop-{TOP_N} by magnitude, batch {batch_size}, tol {TOL}, maxIter {MAX_ITER}, "
         f"{torch.get_num_threads()} threads, torch {torch.__version__}"
     )
-    head = f"{'model':<12} {'params':>7} {'method':<14} {'HVPs':>5} {'sec':>7} {'s/HVP':>6}"
+    head = f"{'model':<12} {'params':>7} {'method':<16} {'HVPs':>5} {'sec':>7} {'s/HVP':>6}"
     print(head + f" {'max rel err':>11} {'top-1 err':>9}")
     for r in rows:
         ref = r["ref"]["eigs"]
-        for method in ("vitscope", "vitscope@loose", "pyhessian"):
+        for method in ("vitscope", "vitscope@loose", "vitscope@matched", "pyhessian"):
             m = r[method]
             err_max, err_top = errors(m["eigs"], ref)
             print(
-                f"{r['model']:<12} {r['params']:>7} {method:<14} {m['hvps']:>5} "
+                f"{r['model']:<12} {r['params']:>7} {method:<16} {m['hvps']:>5} "
                 f"{m['seconds']:>7.1f} {m['seconds'] / m['hvps']:>6.2f} {err_max:>11.1e} "
                 f"{err_top:>9.1e}"
             )
@@ -160,6 +175,11 @@ def report(rows: list[dict], batch_size: int) -> None:
         print(
             f"{'':<12} at tol {LOOSE_TOL} (still more accurate than PyHessian): HVPs "
             f"{hvp_ratio:.1f}x, time {time_ratio:.1f}x"
+        )
+        matched = r["vitscope@matched"]
+        print(
+            f"{'':<12} at tol {matched['tol']:g} (the loosest no less accurate than PyHessian): "
+            f"HVPs {theirs['hvps'] / matched['hvps']:.1f}x"
         )
         print(f"{'':<12} vitscope:  {[round(v, 4) for v in ours['eigs'].tolist()]}")
         print(f"{'':<12} pyhessian: {[round(v, 4) for v in theirs['eigs'].tolist()]}")
@@ -187,6 +207,12 @@ def main(argv: list[str] | None = None) -> None:
         table.append(row("Hessian top-5 HVPs, PyHessian / vitscope", r["model"],
                          theirs["hvps"] / ours["hvps"], 5.0,
                          detail=f"{theirs['hvps']} vs {ours['hvps']}; {err}"))  # fmt: skip
+        matched = r["vitscope@matched"]
+        e_matched = errors(matched["eigs"], ref)[0]
+        table.append(row("Hessian top-5 HVPs at PyHessian's accuracy", r["model"],
+                         theirs["hvps"] / matched["hvps"], 5.0,
+                         detail=f"{theirs['hvps']} vs {matched['hvps']} at tol "
+                         f"{matched['tol']:g}; max rel. err {e_matched:.0e}"))  # fmt: skip
         table.append(row("Hessian top-5 time, PyHessian / vitscope", r["model"],
                          theirs["seconds"] / ours["seconds"], None,
                          detail=f"{theirs['seconds']:.1f} vs {ours['seconds']:.1f} s"))  # fmt: skip
