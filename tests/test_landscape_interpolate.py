@@ -241,3 +241,28 @@ def test_interpolation_from_the_cli_with_its_figure_and_export(trained, capsys):
     assert main([*bad, "--set", "landscape.endpoint=epoch9"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "epoch9.pt does not exist" in err[0]
+
+
+def test_the_report_tabulates_the_barrier_of_an_interpolation(tmp_path):
+    import yaml
+    from planted import write_run
+    from test_landscape import synthetic
+
+    from vitscope.report import build_report
+
+    res = synthetic(1, "")
+    interp = {"endpoint": "init", "file": "x/init.pt", "buffers": "recompute", "distance": 3.0,
+              "ends": [{"loss": 2.0}, {"loss": 2.5}],
+              "barrier": {"loss": 0.4375, "nll": 0.5}}  # fmt: skip
+    values = {"dims": 1, "interpolate": interp, "center": {"loss": 2.0, "nll": 1.5}}
+    root = tmp_path / "study"
+    root.mkdir()
+    (root / "study.yaml").write_text(yaml.safe_dump({"name": "t", "description": "t"}))
+    rng = np.random.default_rng(0)
+    write_run(root / "runs", "resnet_tiny-f1-s0", "resnet_tiny", seed=0, rng=rng, acc=0.8,
+              results=[("landscape", values, res.arrays)])  # fmt: skip
+    html = build_report([root]).read_text()
+    table = html[html.index('id="landscape-table"') :]
+    table = table[: table.index("</table>")]
+    assert "Barrier (NLL+L2)" in table and "0.438" in table and "2.500" in table
+    assert ">init<" in table

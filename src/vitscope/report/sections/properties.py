@@ -89,9 +89,21 @@ def landscape_table(runs: Sequence[StudyRun]) -> Table:
     }  # fmt: skip
     rings = [x for x in LANDSCAPE_RINGS if any(abs(x - p) < 1e-9 for p in present)]
     header = ["Run", "L2", "Centre NLL", "Centre NLL+L2"] + [f"Δ(NLL+L2) r={x:g}" for x in rings]
+    lines = any(
+        LandscapeKeys.INTERPOLATE in r.results["landscape"].values
+        for r in runs
+        if "landscape" in r.results
+    )  # directions=interpolate: the barrier between the two ends
+    header += ["Endpoint (α = 1)", "NLL+L2 at α = 1", "Barrier (NLL+L2)"] if lines else []
 
     def row(r: StudyRun, res: Result) -> list[str]:
         v = res.values
+        interp = v.get(LandscapeKeys.INTERPOLATE) or {}
+        extra = []
+        if lines:
+            end = (interp.get("ends") or [{}, {}])[1].get("loss")
+            barrier = (interp.get("barrier") or {}).get("loss")
+            extra = [str(interp.get("endpoint") or DASH), num(end, ".3f"), num(barrier, ".3g")]
         centre = v.get(LandscapeKeys.CENTER, {})
         by_r = {round(row["r"], 6): row.get("loss") for row in v.get(LandscapeKeys.RINGS, [])}
         rises = []
@@ -100,7 +112,8 @@ def landscape_table(runs: Sequence[StudyRun]) -> Table:
             ok = loss is not None and centre.get("loss") is not None
             rises.append(num(loss - centre["loss"], ".3g") if ok else DASH)
         l2 = f"{v.get(LandscapeKeys.L2_MODE, '?')} × {v.get(LandscapeKeys.WEIGHT_DECAY, '?')}"
-        return [r.name, l2, num(centre.get("nll"), ".3f"), num(centre.get("loss"), ".3f"), *rises]
+        centres = [num(centre.get("nll"), ".3f"), num(centre.get("loss"), ".3f")]
+        return [r.name, l2, *centres, *rises, *extra]
 
     return Table(header, result_rows(runs, "landscape", row), id="landscape-table")
 
