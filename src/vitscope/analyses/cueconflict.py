@@ -40,6 +40,7 @@ from ..errors import ConfigError
 from ..results import Result, config_dict
 from .base import EvalData, eval_mode
 from .keys import CueConflictKeys
+from .shape_bias import shape_bias_counts
 from .spec import Analysis, Context, FigureSpec
 
 Keys = CueConflictKeys  # the result keys (torch-free, in keys.py)
@@ -148,18 +149,6 @@ def decide(probs: torch.Tensor, mapping: dict[str, list[int]], aggregate: str) -
         p = probs[:, idx]
         scores.append(p.mean(1) if aggregate == "mean" else p.amax(1))
     return torch.stack(scores, 1).argmax(1)
-
-
-def shape_bias_counts(
-    shape: np.ndarray, texture: np.ndarray, decision: np.ndarray
-) -> tuple[int, int, int, np.ndarray]:
-    """``(shape decisions, texture decisions, other decisions, counted mask)`` over the
-    images whose shape and texture class differ and are both mapped (>= 0)."""
-    counted = (shape >= 0) & (texture >= 0) & (shape != texture)
-    by_shape = counted & (decision == shape)
-    by_texture = counted & (decision == texture)
-    n_shape, n_texture = int(by_shape.sum()), int(by_texture.sum())
-    return n_shape, n_texture, int(counted.sum()) - n_shape - n_texture, counted
 
 
 @torch.no_grad()

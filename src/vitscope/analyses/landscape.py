@@ -847,7 +847,7 @@ ANALYSIS = Analysis(
     summary=summary,
     compare="vitscope.report.compare:landscape",
     keys=Keys,
-    description="Loss landscape (NLL + L2) along filter-normalised random directions (Fig 1a), "
-    "PCA or Hessian-eigenvector directions, or between two models",
+    description="Loss landscape (NLL + L2), random directions (Fig 1a), PCA, eigen or between "
+    "two models",
     order=60,
 )

@@ -29,6 +29,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 
 from ...analyses.keys import CueConflictKeys, FilteredKeys, ShuffleKeys
+from ...analyses.shape_bias import shape_bias_counts
 from ..load import StudyRun, finite
 from . import samples
 from .base import Finding, Measure, NoSamples, Resample, finding, key_str, mean_over, measure
@@ -92,9 +93,7 @@ def shape_bias(run: StudyRun, rs: Resample) -> float | None:
     shape, texture, decision = (np.asarray(a, int) for a in arrays)
     idx = rs(("cue-conflict images", str(res.config.get("source"))), len(shape))
     shape, texture, decision = shape[idx], texture[idx], decision[idx]
-    counted = (shape >= 0) & (texture >= 0) & (shape != texture)
-    k = int((counted & (decision == shape)).sum())
-    t = int((counted & (decision == texture)).sum())
+    k, t, _, _ = shape_bias_counts(shape, texture, decision)
     return k / (k + t) if k + t else None
 
 
