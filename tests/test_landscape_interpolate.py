@@ -229,6 +229,7 @@ def test_interpolation_from_the_cli_with_its_figure_and_export(trained, capsys):
     body = json.loads((trained / "results" / "landscape.json").read_text())
     interp = body["values"]["interpolate"]
     assert interp["endpoint"] == "init" and interp["buffers"] == "recompute"
+    assert body["values"]["dims"] == 1
     assert body["values"]["coords"]["xs"] == [-0.5, 0.0, 0.5, 1.0, 1.5]
     assert set(body["summary"]) == {"NLL + L2 at α = 0", "NLL + L2 at α = 1", "barrier (NLL + L2)"}
     assert interp["distance"] > 0 and interp["barrier"]["nll"] is not None
@@ -236,7 +237,12 @@ def test_interpolation_from_the_cli_with_its_figure_and_export(trained, capsys):
     assert main(["export", "landscape", str(trained), "--format", "csv"]) == 0
     rows = (trained / "exports" / "landscape.csv").read_text().splitlines()
     assert len(rows) == 1 + 5
-    capsys.readouterr()
+    capsys.readouterr()  # the saved result is not silently taken for other settings
+    assert main([*args, "--set", "landscape.num_points=3"]) == 0
+    out = capsys.readouterr().out
+    assert "landscape: exists with other settings (num_points: 5 → 3, directions: " in out
+    assert "'interpolate' → 'random', batches: 1 → 4, ...), skipped: add --force" in out
+    assert json.loads((trained / "results" / "landscape.json").read_text()) == body
     bad = [*args, "--force", "--set", "landscape.directions=interpolate"]
     assert main([*bad, "--set", "landscape.endpoint=epoch9"]) == 2
     err = capsys.readouterr().err.strip().splitlines()

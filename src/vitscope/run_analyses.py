@@ -132,7 +132,10 @@ def analyze_model(
         # rank 0 decides, so no rank skips an analysis the others run
         if dist_utils.broadcast_object(main and not redo and _finished(analysis, rd, log)):
             if main:
-                log(f"{name}: exists, skipped ({path})")
+                changed = _changed_settings(rd, name, configs[name])
+                log(f"{name}: exists, skipped ({path})" if not changed else
+                    f"{name}: exists with other settings ({changed}), skipped: add --force "
+                    "to compute it again with these")  # fmt: skip
             done[name] = path
             continue
         if analysis.split == "train" and train_data is None:
@@ -169,6 +172,18 @@ def _finished(analysis: Analysis, rd: RunDir, log: Callable[[str], None]) -> boo
             "(damaged, edited or from another version); computing it again")  # fmt: skip
         return False
     return True
+
+
+def _changed_settings(rd: RunDir, name: str, cfg) -> str:
+    """The settings in which ``cfg`` differs from the saved result's (``field old → new``, at
+    most three), or "". Neither the device nor a field left unset (None: resolved by the run,
+    e.g. the run's weight decay) counts."""
+    from .results import config_dict
+
+    saved = Result.load(rd.results, name).config or {}
+    diff = [f"{k}: {saved[k]!r} → {v!r}" for k, v in config_dict(cfg).items()
+            if k != "device" and v is not None and k in saved and saved[k] != v]  # fmt: skip
+    return ", ".join(diff[:3]) + (", ..." if len(diff) > 3 else "")
 
 
 def _check_classes(model, data: EvalData, train_data, names, device: str) -> None:

@@ -697,7 +697,7 @@ def _result(
         **{k: _nested(g[k]) for k in ("loss", "nll", "acc", "l2", "seconds")},
         "center": {k: float(g[k][j0, i0]) for k in ("loss", "nll", "acc", "l2")},
         "rings": [] if interpolate else ring_summaries(xs, ys, g),  # no radius along a line
-        "dims": cfg.dims,
+        "dims": 1 if interpolate else cfg.dims,
         "norm": cfg.norm if cfg.directions == "random" else None,
         "l2_mode": cfg.l2,
         "weight_decay": cfg.weight_decay,
@@ -780,8 +780,6 @@ def run(
     """
     if cfg.weight_decay is None:
         cfg = replace(cfg, weight_decay=float(data.weight_decay))
-    if cfg.directions == "interpolate":
-        cfg = replace(cfg, dims=1)
     xs, ys = grid_axes(cfg)
     grid = _Grid.empty((len(ys), len(xs)), cfg.batches)
     theta0 = {n: p.detach().clone() for n, p in model.named_parameters()}
