@@ -83,8 +83,13 @@ def write_h5(path: Path, result: Result) -> Path:
     return atomic_write(path, write)
 
 
+def _number(v: float) -> str:
+    """A value as VTK's ascii and the CSV write it (``nan`` for anything non-finite)."""
+    return "nan" if not math.isfinite(v) else repr(float(v))
+
+
 def _ascii(values) -> str:
-    return " ".join("nan" if not math.isfinite(v) else repr(float(v)) for v in values)
+    return " ".join(map(_number, values))
 
 
 def vtp_text(result: Result, surface: str = "train_loss", zmax: float | None = None,
@@ -147,9 +152,7 @@ def csv_text(result: Result) -> str:
     lines = ["x,y," + ",".join(SURFACES)]
     for j, y in enumerate(yy):
         for i, x in enumerate(xs):
-            row = [repr(float(x)), repr(float(y))]
-            row += ["nan" if not math.isfinite(v) else repr(float(v))
-                    for v in (grids[s][j, i] for s in SURFACES)]  # fmt: skip
+            row = [repr(float(x)), repr(float(y)), *(_number(grids[s][j, i]) for s in SURFACES)]
             lines.append(",".join(row))
     return "\n".join(lines) + "\n"
 

@@ -26,7 +26,7 @@ from .analyses.store import PartialStore
 from .config import ConfigError, from_dict, parse_overrides, to_dict
 from .errors import VitscopeError
 from .io import RunDir, writes_folder
-from .results import Result
+from .results import Result, config_dict
 
 
 def analysis_configs(names: Sequence[str], sets: Sequence[str] = (), device: str = "cpu") -> dict:
@@ -130,9 +130,10 @@ def analyze_model(
         redo = force if isinstance(force, bool) else name in force
         analysis = get_analysis(name)
         # rank 0 decides, so no rank skips an analysis the others run
-        if dist_utils.broadcast_object(main and not redo and _finished(analysis, rd, log)):
+        saved = _finished(analysis, rd, log) if main and not redo else None
+        if dist_utils.broadcast_object(saved is not None):
             if main:
-                changed = _changed_settings(rd, name, configs[name])
+                changed = _changed_settings(saved, configs[name])
                 log(f"{name}: exists, skipped ({path})" if not changed else
                     f"{name}: exists with other settings ({changed}), skipped: add --force "
                     "to compute it again with these")  # fmt: skip
@@ -156,31 +157,30 @@ def analyze_model(
     return done
 
 
-def _finished(analysis: Analysis, rd: RunDir, log: Callable[[str], None]) -> bool:
-    """Whether ``rd`` holds a whole result of ``analysis``. One that is unreadable (a torn
-    or damaged file) or lacks a key its readers need is named in one line and computed again
-    (its partial items, if any, are kept)."""
+def _finished(analysis: Analysis, rd: RunDir, log: Callable[[str], None]) -> Result | None:
+    """The whole result of ``analysis`` that ``rd`` holds, or None. One that is unreadable (a
+    torn or damaged file) or lacks a key its readers need is named in one line and computed
+    again (its partial items, if any, are kept)."""
     if not Result.exists(rd.results, analysis.name):
-        return False
+        return None
     try:
-        missing = analysis.missing(Result.load(rd.results, analysis.name))
+        result = Result.load(rd.results, analysis.name)
     except VitscopeError as e:
         log(f"{analysis.name}: {str(e).split(';')[0]}; computing it again")
-        return False
+        return None
+    missing = analysis.missing(result)
     if missing:
         log(f"{analysis.name}: {rd.results / analysis.name}.json lacks {', '.join(missing)} "
             "(damaged, edited or from another version); computing it again")  # fmt: skip
-        return False
-    return True
+        return None
+    return result
 
 
-def _changed_settings(rd: RunDir, name: str, cfg) -> str:
-    """The settings in which ``cfg`` differs from the saved result's (``field old → new``, at
-    most three), or "". Neither the device nor a field left unset (None: resolved by the run,
-    e.g. the run's weight decay) counts."""
-    from .results import config_dict
-
-    saved = Result.load(rd.results, name).config or {}
+def _changed_settings(result: Result, cfg) -> str:
+    """The settings in which ``cfg`` differs from those of the saved ``result`` (``field old
+    → new``, at most three), or "". Neither the device nor a field left unset (None: resolved
+    by the run, e.g. the run's weight decay) counts."""
+    saved = result.config or {}
     diff = [f"{k}: {saved[k]!r} → {v!r}" for k, v in config_dict(cfg).items()
             if k != "device" and v is not None and k in saved and saved[k] != v]  # fmt: skip
     return ", ".join(diff[:3]) + (", ..." if len(diff) > 3 else "")

@@ -41,6 +41,7 @@ from torch import nn
 
 from ..data.augment import soft_cross_entropy
 from ..errors import ConfigError, VitscopeError
+from ..io import RunDir
 from ..results import Result, config_dict
 from .base import TrainData, eval_mode
 from .keys import LandscapeKeys as Keys
@@ -231,7 +232,7 @@ def _perturbed_vector(
 def trajectory(run_dir: Path) -> list[tuple[str, Path]]:
     """The checkpoints of a run's trajectory, in training order: ``init`` and every
     ``epochN`` (``train.snapshot_every``)."""
-    ckpts = Path(run_dir) / "checkpoints"
+    ckpts = RunDir(Path(run_dir)).checkpoints
     epochs = sorted(ckpts.glob("epoch*.pt"), key=lambda p: int(p.stem[5:] or 0))
     named = [("init", ckpts / "init.pt")] if (ckpts / "init.pt").is_file() else []
     return named + [(p.stem, p) for p in epochs if p.stem[5:].isdigit()]
@@ -313,16 +314,17 @@ def endpoint_path(endpoint: str, run_dir: Path | None) -> Path:
     if CHECKPOINT_NAME.match(endpoint):
         if run_dir is None:
             raise VitscopeError(f"{where} names a run's checkpoint: analyse a run directory")
-        path = run_dir / "checkpoints" / f"{endpoint}.pt"
+        path = RunDir(run_dir).checkpoint(endpoint)
         if not path.is_file():
             hint = " (train with --set train.snapshot_every=1)" if endpoint[:5] == "epoch" else ""
             raise VitscopeError(f"{where}: {path} does not exist{hint}")
         return path
     path = Path(endpoint).expanduser()
     if path.is_dir():
-        if not (path / "checkpoints" / "best.pt").is_file():
+        best = RunDir(path).checkpoint("best")
+        if not best.is_file():
             raise VitscopeError(f"{where}: {path} holds no checkpoints/best.pt")
-        return path / "checkpoints" / "best.pt"
+        return best
     if not path.is_file():
         raise VitscopeError(
             f"{where} is neither a checkpoint of the run (init, best, last, warmup, epochN), "
