@@ -146,7 +146,9 @@ def landed(outcome: Outcome, reference: Outcome) -> str:
 
 def plan(reference: Outcome, steps: list[str], per_step: int, rng: np.random.Generator):
     """``per_step`` kills inside each of ``steps`` (a random interval of that step, a random
-    point of it), in the order they happen."""
+    point of its first three quarters), in the order they happen. The last quarter is left
+    out so that a kill still lands inside its step when that step runs up to a quarter faster
+    than it did in the reference (noise on a shared machine, a cache the reference filled)."""
     intervals = stages(reference)
     kills = []
     for step in steps:
@@ -154,7 +156,7 @@ def plan(reference: Outcome, steps: list[str], per_step: int, rng: np.random.Gen
         assert where, f"the reference log has no {step} step"
         for _ in range(per_step):
             i = int(rng.choice(where))
-            u = float(rng.uniform(0.05, 0.95))
+            u = float(rng.uniform(0.05, 0.75))
             kills.append((i, u, Kill(intervals[i][0], u * intervals[i][1], step)))
     return [k for _, _, k in sorted(kills, key=lambda k: (k[0], k[1]))]
 
