@@ -153,7 +153,8 @@ import os, sys, time
 from vitscope.io import writer_lock
 with writer_lock(sys.argv[1]):
     child = os.fork()  # what a DataLoader worker is
-    if child == 0:
+    if child == 0:  # the fork handlers have run: the worker says it is past them
+        print("worker", flush=True)
         time.sleep(60)
         os._exit(0)
     print(child, flush=True)
@@ -164,7 +165,10 @@ with writer_lock(sys.argv[1]):
 def test_a_forked_worker_that_outlives_its_killed_parent_does_not_hold_the_lock(tmp_path):
     parent = subprocess.Popen([sys.executable, "-c", HOLD_AND_FORK, str(tmp_path / "run")],
                               stdout=subprocess.PIPE, text=True)  # fmt: skip
-    child = int(parent.stdout.readline())
+    # both lines, in either order: a parent killed before its worker was even scheduled would
+    # leave the lock with a worker that had not yet run its fork handler (a race of the test)
+    lines = {parent.stdout.readline().strip() for _ in range(2)}
+    child = int((lines - {"worker"}).pop())
     try:
         with pytest.raises(FolderBusyError):  # the parent holds it
             with writer_lock(tmp_path / "run"):
