@@ -392,14 +392,42 @@ def synthetic(dims: int, label: str) -> Result:
     return Result("landscape", {"dims": dims}, arrays, meta={"label": label})
 
 
-@pytest.mark.parametrize("dims", [1, 2])
-def test_figures_render(dims, tmp_path):
-    result = synthetic(dims, "ViT")
-    from vitscope.report.figures import draw_figure, subplots
+def test_figures_render(tmp_path):
+    from vitscope.report.figures import render
 
-    for figure in landscape.ANALYSIS.figures:
-        draw_figure(result, figure).savefig(tmp_path / f"{figure.stem}.png")
-        assert (tmp_path / f"{figure.stem}.png").stat().st_size > 1000
+    stems = ["landscape_contour", "landscape_surface", "landscape_1d"]
+    # a 2-D result gets all three figures
+    drawn = render(synthetic(2, "ViT"), tmp_path, landscape.ANALYSIS.figures)
+    assert [p.name for p in drawn] == [f"{s}.png" for s in stems]
+    assert all(p.stat().st_size > 1000 for p in drawn)
+    # a 1-D result replacing it gets its curve alone: the 2-D figures are not drawn again as
+    # the same curve, and the old ones do not stay beside it
+    drawn = render(synthetic(1, "ViT"), tmp_path, landscape.ANALYSIS.figures)
+    assert [p.name for p in drawn] == ["landscape_1d.png"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["landscape_1d.png"]
+
+
+def test_a_figure_that_fails_to_draw_or_to_decide_costs_only_itself(tmp_path):
+    from vitscope.analyses import FigureSpec
+    from vitscope.report.figures import render
+
+    def broken(*_):
+        raise RuntimeError("bug")
+
+    figures = (FigureSpec("a", broken), FigureSpec("b", lf.draw_1d, when=broken),
+               FigureSpec("c", lf.draw_1d, when=lambda r: True))  # fmt: skip
+    with pytest.warns(UserWarning) as caught:
+        drawn = render(synthetic(1, "ViT"), tmp_path, figures)
+    assert [p.name for p in drawn] == ["c.png"]
+    assert sorted(str(w.message) for w in caught) == [
+        "landscape: figure a failed: RuntimeError('bug')",
+        "landscape: figure b failed: RuntimeError('bug')",
+    ]
+
+
+def test_one_dimensional_curves_overlay():
+    from vitscope.report.figures import subplots
+
     fig, ax = subplots((4, 3))
     lf.plot_landscape_1d([synthetic(2, "ViT"), synthetic(1, "ResNet")], ax, "nll")
     curves = [line for line in ax.lines if not line.get_label().startswith("_")]

@@ -234,6 +234,8 @@ def test_interpolation_from_the_cli_with_its_figure_and_export(trained, capsys):
     assert set(body["summary"]) == {"NLL + L2 at α = 0", "NLL + L2 at α = 1", "barrier (NLL + L2)"}
     assert interp["distance"] > 0 and interp["barrier"]["nll"] is not None
     assert (trained / "figures" / "landscape_1d.png").stat().st_size > 1000
+    assert body["figures"] == ["landscape_1d.png"]  # no contour or surface of a curve
+    assert not (trained / "figures" / "landscape_contour.png").exists()
     assert main(["export", "landscape", str(trained), "--format", "csv"]) == 0
     rows = (trained / "exports" / "landscape.csv").read_text().splitlines()
     assert len(rows) == 1 + 5

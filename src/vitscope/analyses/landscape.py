@@ -832,6 +832,7 @@ def summary(result: Result) -> dict[str, float | None]:
     return {"NLL + L2 at θ0": center, "rise at r = 0.5": rise}
 
 
+_FIGS = "vitscope.report.landscape_figures"
 ANALYSIS = Analysis(
     name="landscape",
     config=Config,
@@ -839,10 +840,10 @@ ANALYSIS = Analysis(
     split="train",  # augmented training batches, as in the paper
     resumable=True,
     default_checkpoint="best",
-    figures=(
-        FigureSpec("landscape_contour", "vitscope.report.landscape_figures:draw_contour", (8, 3.6)),
-        FigureSpec("landscape_surface", "vitscope.report.landscape_figures:draw_surface", (8, 3.6)),
-        FigureSpec("landscape_1d", "vitscope.report.landscape_figures:draw_1d", (8, 3.6)),
+    figures=(  # a 1-D result (dims=1, interpolate) gets its curve alone
+        FigureSpec("landscape_contour", f"{_FIGS}:draw_contour", (8, 3.6), when=f"{_FIGS}:is_2d"),
+        FigureSpec("landscape_surface", f"{_FIGS}:draw_surface", (8, 3.6), when=f"{_FIGS}:is_2d"),
+        FigureSpec("landscape_1d", f"{_FIGS}:draw_1d", (8, 3.6)),
     ),
     summary=summary,
     compare="vitscope.report.compare:landscape",

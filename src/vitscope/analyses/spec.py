@@ -49,11 +49,15 @@ class FigureSpec:
         draw: ``draw(result, fig)`` on a fresh ``matplotlib.figure.Figure`` (no pyplot), or a
             ``"module:function"`` string imported when the figure is drawn.
         size: figure size in inches.
+        when: ``when(result) -> bool`` (or a ``"module:function"`` string): draw the figure
+            only for results it holds for (e.g. a surface only for a 2-D landscape); None:
+            always.
     """
 
     stem: str
     draw: Callable[[Result, Any], None] | str
     size: tuple[float, float] = (4.0, 3.3)
+    when: Callable[[Result], bool] | str | None = None
 
 
 @dataclass(frozen=True)

@@ -244,13 +244,19 @@ def render(result: Result, figures_dir: str | Path, figures: Sequence[FigureSpec
     """Draw the declared ``figures`` of a result into ``figures_dir`` as PNG; returns the paths.
 
     A figure that fails to draw is skipped with a warning: the result itself is never lost.
+    A figure whose ``when`` does not hold for the result is not drawn, and an earlier one of
+    its name (from a result this one replaces) is removed.
     """
     out = []
     for figure in figures:
+        path = Path(figures_dir) / f"{figure.stem}.png"
         try:
+            if figure.when is not None and not resolve_ref(figure.when)(result):
+                path.unlink(missing_ok=True)
+                continue
             fig = draw_figure(result, figure)
         except Exception as e:  # a plug-in's broken figure must not cost the result
             warnings.warn(f"{result.name}: figure {figure.stem} failed: {e!r}", stacklevel=2)
             continue
-        out.append(save_figure(fig, Path(figures_dir) / f"{figure.stem}.png"))
+        out.append(save_figure(fig, path))
     return out

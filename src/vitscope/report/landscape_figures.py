@@ -131,7 +131,8 @@ def plot_landscape_1d(results: Sequence[Result], ax, which: str = LandscapeKeys.
         ax.legend(fontsize=7)
 
 
-def _is_2d(result: Result) -> bool:
+def is_2d(result: Result) -> bool:
+    """A surface over (d1, d2), not a curve (``dims=1`` or an interpolation)."""
     return len(result.arrays[LandscapeKeys.YS]) > 1
 
 
@@ -149,7 +150,7 @@ def draw_1d(result: Result, fig: Figure) -> None:
 
 def draw_contour(result: Result, fig: Figure) -> None:
     """Contours of NLL + L2 and NLL; a 1-D result gets its curves instead."""
-    if _is_2d(result):
+    if is_2d(result):
         _pair(plot_landscape_contour, result, fig)
     else:
         draw_1d(result, fig)
@@ -157,7 +158,7 @@ def draw_contour(result: Result, fig: Figure) -> None:
 
 def draw_surface(result: Result, fig: Figure) -> None:
     """3-D surfaces of NLL + L2 and NLL; a 1-D result gets its curves instead."""
-    if _is_2d(result):
+    if is_2d(result):
         _pair(plot_landscape_surface, result, fig, projection="3d")
     else:
         draw_1d(result, fig)
