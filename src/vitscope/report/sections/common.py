@@ -53,10 +53,11 @@ def not_run(runs: Sequence[StudyRun], name: str) -> list[Block]:
     missing = [r.name for r in runs if name not in r.results]
     if not missing:
         return []
-    if len(missing) == len(runs):
-        return [Text(f"`{name}`: not run for any run.", note=True)]
     bad = [f"{r.name} ({r.errors[name]})" for r in runs if name in r.errors]
     extra = f" Unreadable: {'; '.join(bad)}." if bad else ""
+    if len(missing) == len(runs):
+        return [Text(f"`{name}`: no run has a readable result.{extra}" if bad else
+                     f"`{name}`: not run for any run.", note=True)]  # fmt: skip
     return [Text(f"`{name}` not run for: {', '.join(missing)}.{extra}", note=True)]
 
 
