@@ -273,6 +273,37 @@ def test_the_report_draws_a_pca_landscape_with_its_trajectory(tmp_path):
     assert figures == ["landscape_pca_resnet_tiny-f1-s0.png"]  # the random one has none
 
 
+def test_the_report_shows_a_tagged_landscape_beside_the_random_one(tmp_path):
+    """A run's `landscape-pca` (saved with `analyze --tag pca`) gets its own section with
+    the summary it saved; the paper's landscape section and claims keep to `landscape`."""
+    import yaml
+    from planted import write_run
+
+    from vitscope.report import build_report
+    from vitscope.results import Result
+
+    res = synthetic(2, "")
+    root = tmp_path / "study"
+    root.mkdir()
+    (root / "study.yaml").write_text(yaml.safe_dump({"name": "t", "description": "t"}))
+    run = write_run(root / "runs", "resnet_tiny-f1-s0", "resnet_tiny", seed=0,
+                    rng=np.random.default_rng(0), acc=0.8,
+                    results=[("landscape", {"dims": 2}, res.arrays)])  # fmt: skip
+    pca = {"explained_variance": [0.9, 0.08], "trajectory": [[-0.8, 0.1], [0.0, 0.0]],
+           "checkpoints": ["init"], "scale": 3.0}  # fmt: skip
+    meta = {"model": "resnet_tiny", "tag": "pca"}
+    tagged = Result("landscape-pca", {"dims": 2, "pca": pca}, res.arrays,
+                    summary={"PC1 share": 0.9}, meta=meta)  # fmt: skip
+    tagged.save(run / "results")
+    html = build_report([root]).read_text()
+    assert 'id="other_landscape-pca"' in html and "PC1 share" in html
+    assert "plane of the training trajectory" not in html  # the paper section's is random
+    # a damaged tagged result is named like any other, and the report still builds
+    (run / "results" / "landscape-pca.npz").write_bytes(b"not a zip")
+    html = build_report([root]).read_text()
+    assert "landscape-pca.npz is unreadable" in html
+
+
 def test_the_flatness_claim_reads_random_directions_only():
     from dataclasses import replace
     from pathlib import Path

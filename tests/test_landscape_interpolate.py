@@ -274,3 +274,46 @@ def test_the_report_tabulates_the_barrier_of_an_interpolation(tmp_path):
     table = table[: table.index("</table>")]
     assert "Barrier (NLL+L2)" in table and "0.438" in table and "2.500" in table
     assert ">init<" in table
+
+
+def test_a_tagged_landscape_is_kept_beside_the_untagged_one(trained, tmp_path, capsys):
+    """`--tag` saves a second landscape (here an interpolation beside a random one) as
+    `landscape-TAG`, with its own figures, resume, export and comparison."""
+    small = ["num_points=3", "batches=1", "batch_size=16"]
+    base = ["analyze", str(trained), "--only", "landscape", "--force"]
+    assert main([*base, *[x for s in small for x in ("--set", f"landscape.{s}")]]) == 0
+    results, figures = trained / "results", trained / "figures"
+    untagged = (results / "landscape.json").read_bytes()
+    assert json.loads(untagged)["values"]["dims"] == 2
+    interp = [*small, "directions=interpolate", "endpoint=init"]
+    tagged = ["analyze", str(trained), "--only", "landscape", "--tag", "interp"]
+    tagged += [x for s in interp for x in ("--set", f"landscape.{s}")]
+    assert main(tagged) == 0
+    body = json.loads((results / "landscape-interp.json").read_text())
+    assert body["name"] == "landscape-interp" and body["meta"]["tag"] == "interp"
+    assert body["values"]["interpolate"]["endpoint"] == "init"
+    assert body["figures"] == ["landscape_1d-interp.png"]
+    assert (figures / "landscape_1d-interp.png").stat().st_size > 1000
+    assert (results / "landscape.json").read_bytes() == untagged  # the first one is kept
+    assert (figures / "landscape_contour.png").is_file()  # with its 2-D figures
+    assert not list(results.glob("landscape-interp.partial*"))  # its partial files are gone
+    capsys.readouterr()
+    assert main(tagged) == 0  # resumes as the untagged one does: done, skipped
+    assert "landscape-interp: exists, skipped" in capsys.readouterr().out
+
+    assert main(["export", "landscape", str(trained), "--format", "csv", "--tag", "interp"]) == 0
+    rows = (trained / "exports" / "landscape-interp.csv").read_text().splitlines()
+    assert len(rows) == 1 + 5  # the interpolation's 5 α, not the random 3 × 3 grid
+    out = tmp_path / "both.png"
+    assert main(["compare", "landscape", str(trained), str(trained), "--tag", "interp",
+                 "--out", str(out)]) == 0  # fmt: skip
+    assert out.stat().st_size > 1000
+
+    before = sorted(p.name for p in results.iterdir())
+    capsys.readouterr()
+    assert main([*tagged[:4], "--tag", "Bad Tag"]) == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line == "error: --tag 'Bad Tag': use lower-case letters, digits and '_' (e.g. --tag pca)"
+    assert sorted(p.name for p in results.iterdir()) == before
+    assert main(["export", "landscape", str(trained), "--format", "csv", "--tag", "nope"]) == 2
+    assert "no landscape-nope result in" in capsys.readouterr().err

@@ -247,6 +247,7 @@ def _analyze(args: argparse.Namespace, device: str) -> tuple[str, dict]:
             device=device,
             force=args.force,
             record=record,
+            tag=args.tag,
         )
         return args.out, done
     if args.run_dir is None:
@@ -261,6 +262,7 @@ def _analyze(args: argparse.Namespace, device: str) -> tuple[str, dict]:
         device=device,
         sets=args.set,
         force=args.force,
+        tag=args.tag,
     )
     return args.run_dir, done
 
@@ -286,7 +288,7 @@ def _cmd_blocks(args: argparse.Namespace) -> int:
 def _cmd_compare(args: argparse.Namespace) -> int:
     from .report.compare import compare_runs
 
-    path = compare_runs(args.analysis, args.run_dirs, args.out)
+    path = compare_runs(args.analysis, args.run_dirs, args.out, tag=args.tag)
     print(f"figure: {path}")
     return 0
 
@@ -484,6 +486,8 @@ def _add_analyze(sub) -> None:
         help="e.g. fourier.num_images=64",
     )
     p.add_argument("--force", action="store_true", help="recompute results that already exist")
+    p.add_argument("--tag", help="save as ANALYSIS-TAG beside the result of other settings "
+                   "(e.g. --tag pca for a second landscape)")  # fmt: skip
     _foreign_flags(p)
     p.add_argument("--data", help="dataset for a --timm/--torchvision/--hf/--model-file model")
     p.add_argument("--data-root", help="folder holding the dataset files")
@@ -542,6 +546,7 @@ def _add_compare(sub) -> None:
     p.add_argument("analysis", help="an analysis that declares an overlay (vitscope list analyses)")
     p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
     p.add_argument("--out", required=True, help="figure file (.png or .pdf)")
+    p.add_argument("--tag", help="compare the results saved with analyze --tag TAG")
     _plugin_flag(p)
     p.set_defaults(func=_cmd_compare)
 
@@ -550,7 +555,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
     from .export import export_landscape
 
     path = export_landscape(args.run_dir, args.format, args.out, surface=args.surface,
-                            zmax=args.zmax, log=args.log)  # fmt: skip
+                            zmax=args.zmax, log=args.log, tag=args.tag)  # fmt: skip
     print(f"{args.format}: {path}")
     return 0
 
@@ -566,6 +571,8 @@ def _add_export(sub) -> None:
     p.add_argument("--format", required=True, choices=["h5", "vtp", "csv"],
                    help="h5: loss-landscape's keys (h5py); vtp: ParaView; csv")  # fmt: skip
     p.add_argument("--out", help="file to write (default: RUN_DIR/exports/landscape.FORMAT)")
+    p.add_argument("--tag", help="the landscape saved with analyze --tag TAG "
+                   "(default file: exports/landscape-TAG.FORMAT)")  # fmt: skip
     p.add_argument("--surface", default="train_loss",
                    choices=["train_loss", "train_loss_l2", "train_acc", "l2"],
                    help="vtp: the surface drawn as height (train_loss: the NLL)")  # fmt: skip

@@ -26,7 +26,7 @@ import numpy as np
 
 from .errors import VitscopeError
 from .io import atomic_write, atomic_write_text
-from .results import Result
+from .results import Result, result_name
 
 FORMATS = ("h5", "vtp", "csv")
 SURFACES = ("train_loss", "train_loss_l2", "train_acc", "l2")
@@ -165,16 +165,19 @@ def export_landscape(
     surface: str = "train_loss",
     zmax: float | None = None,
     log: bool = False,
+    tag: str | None = None,
 ) -> Path:
-    """Write ``run_dir``'s landscape result as ``fmt`` to ``out`` (default
-    ``RUN_DIR/exports/landscape.<fmt>``)."""
+    """Write ``run_dir``'s landscape result (the one saved with ``tag``, if given) as ``fmt``
+    to ``out`` (default ``RUN_DIR/exports/<result name>.<fmt>``: ``landscape.h5``,
+    ``landscape-pca.h5``)."""
     if fmt not in FORMATS:
         raise VitscopeError(f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}")
     run = Path(run_dir)
     if not run.is_dir():
         raise VitscopeError(f"run directory {run} does not exist")
-    result = Result.load(run / "results", "landscape")
-    path = Path(out) if out is not None else run / "exports" / f"landscape.{fmt}"
+    name = result_name("landscape", tag)
+    result = Result.load(run / "results", name)
+    path = Path(out) if out is not None else run / "exports" / f"{name}.{fmt}"
     if fmt == "h5":
         return write_h5(path, result)
     # the text is made first: a result that lacks a surface is one line, nothing written

@@ -10,6 +10,7 @@ torch; see ``docs/architecture.md``.
 from __future__ import annotations
 
 import json
+import re
 import zipfile
 from dataclasses import asdict, dataclass, field, is_dataclass
 from pathlib import Path
@@ -108,6 +109,27 @@ class Result:
         return (Path(results_dir) / f"{name}.json").is_file()
 
 
+TAG = re.compile(r"^[a-z0-9][a-z0-9_]*$")
+
+
+def result_name(analysis: str, tag: str | None = None) -> str:
+    """The name (file stem) of ``analysis``'s result saved under ``tag``: ``landscape-pca``
+    for tag ``pca``, the analysis name alone without one. A tag keeps a second result of an
+    analysis (other settings) beside the first."""
+    if tag is None or tag == "":
+        return analysis
+    if not TAG.match(tag):
+        raise VitscopeError(
+            f"--tag {tag!r}: use lower-case letters, digits and '_' (e.g. --tag pca)"
+        )
+    return f"{analysis}-{tag}"
+
+
+def analysis_of(name: str) -> str:
+    """The analysis a result name belongs to: ``landscape`` for ``landscape-pca``."""
+    return name.partition("-")[0]
+
+
 def saved_names(results_dir: str | Path) -> list[str]:
     """Names of the finished results in a folder (every ``<name>.json`` but partial files)."""
     d = Path(results_dir)
@@ -130,4 +152,4 @@ def config_dict(cfg: Any) -> dict:
     return plain(asdict(cfg) if is_dataclass(cfg) else dict(cfg))
 
 
-__all__ = ["Result", "config_dict", "saved_names"]
+__all__ = ["TAG", "Result", "analysis_of", "config_dict", "result_name", "saved_names"]

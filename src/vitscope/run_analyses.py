@@ -26,7 +26,7 @@ from .analyses.store import PartialStore
 from .config import ConfigError, from_dict, parse_overrides, to_dict
 from .errors import VitscopeError
 from .io import RunDir, writes_folder
-from .results import Result, config_dict
+from .results import Result, config_dict, result_name
 
 
 def analysis_configs(names: Sequence[str], sets: Sequence[str] = (), device: str = "cpu") -> dict:
@@ -56,16 +56,25 @@ def parse_only(only: str | Sequence[str] | None) -> list[str]:
     return names
 
 
-def save_result(spec: Analysis, result: Result, rd: RunDir, meta: dict | None) -> list[Path]:
-    """Rank 0: summary, meta, figures, then the result itself; partial files go last."""
+def save_result(
+    spec: Analysis, result: Result, rd: RunDir, meta: dict | None, tag: str | None = None
+) -> list[Path]:
+    """Rank 0: summary, meta, figures, then the result itself; partial files go last. With
+    ``tag`` the result is saved as ``<analysis>-<tag>`` and its figures as ``<stem>-<tag>``,
+    beside the untagged ones."""
     from .report.figures import render
 
     result.meta.update(meta or {})
     result.summary = spec.summarize(result)
-    figs = render(result, rd.figures, spec.figures)
+    figures = spec.figures
+    if tag:
+        result.name = result_name(spec.name, tag)
+        result.meta["tag"] = tag
+        figures = tuple(replace(f, stem=f"{f.stem}-{tag}") for f in figures)
+    figs = render(result, rd.figures, figures)
     result.figures = [f.name for f in figs]
     result.save(rd.results)
-    PartialStore(rd.results, spec.name).clear()  # superseded by the result
+    PartialStore(rd.results, result.name).clear()  # superseded by the result
     return figs
 
 
@@ -83,6 +92,7 @@ def analyze_model(
     train_data: TrainData | None = None,
     log: Callable[[str], None] = print,
     timings: dict[str, float] | None = None,
+    tag: str | None = None,
 ) -> dict[str, Path]:
     """Run analyses on any model and save results + figures under ``out_dir``.
 
@@ -103,6 +113,9 @@ def analyze_model(
         log: where progress lines go.
         timings: if given, receives the seconds each analysis computed here took (with its
             figures); skipped ones are not entered.
+        tag: save each result as ``<analysis>-<tag>`` (figures ``<stem>-<tag>``), beside the
+            untagged one: a second landscape (other directions, another endpoint) of the same
+            run. Resumes, skips and ``force`` apply to the tagged result alone.
 
     Under torchrun every rank calls this with the same arguments: the analyses shard their
     work over the ranks, and rank 0 alone writes results and figures and logs.
@@ -117,6 +130,7 @@ def analyze_model(
     rd = RunDir(Path(out_dir))
     names = parse_only(only)
     configs = analysis_configs(names, sets, device)
+    saved_as = {name: result_name(name, tag) for name in names}  # bad tags fail here
     model = wrap(model, spec=spec)  # a foreign model: its units, input and logits adapted
     if isinstance(model, ForeignModel):
         spec = None  # the wrapper applied it
@@ -126,51 +140,55 @@ def analyze_model(
     _check_classes(model, data, train_data, names, device)
     done = {}
     for name in names:
-        path = rd.results / f"{name}.json"
+        key = saved_as[name]
+        path = rd.results / f"{key}.json"
         redo = force if isinstance(force, bool) else name in force
         analysis = get_analysis(name)
         # rank 0 decides, so no rank skips an analysis the others run
-        saved = _finished(analysis, rd, log) if main and not redo else None
+        saved = _finished(analysis, rd, log, key) if main and not redo else None
         if dist_utils.broadcast_object(saved is not None):
             if main:
                 changed = _changed_settings(saved, configs[name])
-                log(f"{name}: exists, skipped ({path})" if not changed else
-                    f"{name}: exists with other settings ({changed}), skipped: add --force "
-                    "to compute it again with these")  # fmt: skip
+                log(f"{key}: exists, skipped ({path})" if not changed else
+                    f"{key}: exists with other settings ({changed}), skipped: add --force "
+                    "to compute it again with these, or --tag NAME to keep both")  # fmt: skip
             done[name] = path
             continue
         if analysis.split == "train" and train_data is None:
             raise VitscopeError(f"{name} needs training data: run it on a run directory")
         inputs = train_data if analysis.split == "train" else data
         t0 = time.perf_counter()
-        result = analysis.execute(model, inputs, configs[name], workdir=rd.results, blocks=spec)
+        result = analysis.execute(model, inputs, configs[name], workdir=rd.results, blocks=spec,
+                                  saved_as=key)  # fmt: skip
         if main:
-            figs = save_result(analysis, result, rd, meta)
+            figs = save_result(analysis, result, rd, meta, tag)
             figures = f"  figures: {', '.join(f.name for f in figs)}" if figs else ""
-            log(f"{name}: {path}{figures}")
+            log(f"{key}: {path}{figures}")
         dist_utils.barrier()  # the result is on disk before any rank goes on
         done[name] = path
         if timings is not None:
             timings[name] = time.perf_counter() - t0
         if dist_utils.broadcast_object(preempt.requested()):  # rank 0 decides for all
-            preempt.stop(f"{name} of {rd.root} (saved)")
+            preempt.stop(f"{key} of {rd.root} (saved)")
     return done
 
 
-def _finished(analysis: Analysis, rd: RunDir, log: Callable[[str], None]) -> Result | None:
-    """The whole result of ``analysis`` that ``rd`` holds, or None. One that is unreadable (a
-    torn or damaged file) or lacks a key its readers need is named in one line and computed
-    again (its partial items, if any, are kept)."""
-    if not Result.exists(rd.results, analysis.name):
+def _finished(
+    analysis: Analysis, rd: RunDir, log: Callable[[str], None], key: str
+) -> Result | None:
+    """The whole result ``key`` (``analysis``'s, perhaps tagged) that ``rd`` holds, or None.
+    One that is unreadable (a torn or damaged file) or lacks a key its readers need is named
+    in one line and computed again (its partial items, if any, are kept)."""
+    if not Result.exists(rd.results, key):
         return None
     try:
-        result = Result.load(rd.results, analysis.name)
+        result = Result.load(rd.results, key)
     except VitscopeError as e:
-        log(f"{analysis.name}: {str(e).split(';')[0]}; computing it again")
+        log(f"{key}: {str(e).split(';')[0]}; computing it again")
         return None
     missing = analysis.missing(result)
     if missing:
-        log(f"{analysis.name}: {rd.results / analysis.name}.json lacks {', '.join(missing)} "
+        log(f"{key}: {rd.results / key}.json lacks {', '.join(missing)} "
             "(damaged, edited or from another version); computing it again")  # fmt: skip
         return None
     return result
@@ -294,9 +312,11 @@ def analyze(
     force: bool | Sequence[str] = False,
     log: Callable[[str], None] = print,
     timings: dict[str, float] | None = None,
+    tag: str | None = None,
 ) -> dict[str, Path]:
     """Analyse a trained run on its own data (see :func:`analyze_model`; ``timings`` also
-    receives ``load``, the seconds spent loading checkpoints and data).
+    receives ``load``, the seconds spent loading checkpoints and data; ``tag`` saves the
+    results beside the untagged ones).
 
     Each analysis runs on ``checkpoint`` if given, else on its declared
     ``default_checkpoint`` (``best`` for most; ``warmup`` for the Hessian, as in the paper),
@@ -322,6 +342,7 @@ def analyze(
             force=force,
             record={k: v for k, v in record.items() if k != "data"},
             log=log,
+            tag=tag,
         )
     names = parse_only(only)
     analysis_configs(names, sets, device)  # fail on bad values before loading anything
@@ -349,6 +370,7 @@ def analyze(
                 meta=run_meta(cfg, run_dir, ckpt),
                 log=log,
                 timings=timings,
+                tag=tag,
             )
         )
     return {n: done[n] for n in names}
@@ -370,6 +392,7 @@ def analyze_foreign(
     spec: Mapping | None = None,
     record: dict | None = None,
     log: Callable[[str], None] = print,
+    tag: str | None = None,
 ) -> dict[str, Path]:
     """Every analysis on a model vitscope did not train (timm, torchvision, HF, your own).
 
@@ -424,6 +447,7 @@ def analyze_foreign(
         force=force,
         meta=meta,
         log=log,
+        tag=tag,
     )
 
 

@@ -189,18 +189,21 @@ class Analysis:
         *,
         workdir: str | Path | None = None,
         blocks: Mapping | None = None,
+        saved_as: str | None = None,
     ) -> Result:
         """Run the analysis with its context: ``blocks`` patterns and, if it is resumable and
         ``workdir`` is given, a :class:`~vitscope.analyses.store.PartialStore` there.
 
-        ``cfg`` defaults to the config's defaults.
+        ``cfg`` defaults to the config's defaults; ``saved_as`` is the result's name when it
+        is not the analysis name (a tagged result, ``landscape-pca``): its partial files
+        take that name too.
         """
         store = None
         workdir = Path(workdir) if workdir is not None else None
         if self.resumable and workdir is not None:
             from .store import PartialStore
 
-            store = PartialStore(workdir, self.name)
+            store = PartialStore(workdir, saved_as or self.name)
         ctx = Context(spec=blocks, workdir=workdir, store=store)
         return self.run(model, data, self.config() if cfg is None else cfg, ctx)
 

@@ -15,7 +15,7 @@ from matplotlib.figure import Figure
 
 from ..analyses.keys import FourierKeys, LandscapeKeys, LesionKeys, NoiseKeys, VarianceKeys
 from ..errors import VitscopeError
-from ..results import Result
+from ..results import Result, result_name
 from .figures import literal_text, save_figure, unit_marker
 from .hessian_figures import draw_spectra
 from .landscape_figures import plot_landscape_1d
@@ -111,19 +111,24 @@ def compare_figure(name: str, results: Sequence[Result]) -> Figure:
     return overlay(name, draw, results)
 
 
-def compare_runs(name: str, run_dirs: Sequence[str | Path], out: str | Path) -> Path:
-    """Load ``name`` from each run's ``results/`` and save the overlay figure to ``out``."""
+def compare_runs(
+    name: str, run_dirs: Sequence[str | Path], out: str | Path, *, tag: str | None = None
+) -> Path:
+    """Load analysis ``name``'s result (the one saved with ``tag``, if given) from each run's
+    ``results/`` and save the overlay figure to ``out``."""
     from ..analyses import get_analysis
 
     spec = get_analysis(name)
+    saved = result_name(name, tag)
+    again = f" --tag {tag}" if tag else ""
     results = []
     for d in run_dirs:
-        result = Result.load(Path(d) / "results", name)
+        result = Result.load(Path(d) / "results", saved)
         missing = spec.missing(result, required_only=True)
         if missing:
             raise VitscopeError(
-                f"{Path(d) / 'results' / name}.json lacks {', '.join(missing)}; run "
-                f"`vitscope analyze {d} --only {name}` to compute it again"
+                f"{Path(d) / 'results' / saved}.json lacks {', '.join(missing)}; run "
+                f"`vitscope analyze {d} --only {name}{again}` to compute it again"
             )
         results.append(result)
     return save_figure(compare_figure(name, results), Path(out))

@@ -23,7 +23,7 @@ import yaml
 
 from ..errors import VitscopeError
 from ..io import read_jsonl
-from ..results import Result, saved_names
+from ..results import Result, analysis_of, saved_names
 
 FAMILY_ORDER = ("ResNet", "ConvNeXt", "ViT", "PiT", "Swin", "AlterNet", "other")
 
@@ -235,10 +235,11 @@ def load_run(run_dir: Path, study: str, name: str) -> StudyRun:
 
 
 def _missing_keys(name: str, result: Result) -> list[str]:
-    """The required keys a result of a known analysis lacks ([] for an unknown analysis)."""
+    """The required keys a result of a known analysis (tagged or not) lacks ([] for an
+    unknown analysis)."""
     from ..analyses import analyses
 
-    spec = analyses().get(name)
+    spec = analyses().get(analysis_of(name))
     return spec.missing(result, required_only=True) if spec is not None else []
 
 

@@ -68,10 +68,12 @@ def section_other(
 
 
 def _declared(name: str):
-    """The registered :class:`~vitscope.analyses.spec.Analysis` ``name``, or None."""
+    """The registered :class:`~vitscope.analyses.spec.Analysis` of result ``name`` (``name``
+    itself, or ``landscape`` for a tagged ``landscape-pca``), or None."""
     from ...analyses import analyses
+    from ...results import analysis_of
 
-    return analyses().get(name)
+    return analyses().get(analysis_of(name))
 
 
 def _overlay(figs: FigureWriter, name: str, draw, results) -> Plot | Text:
