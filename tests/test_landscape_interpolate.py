@@ -288,7 +288,9 @@ def test_a_tagged_landscape_is_kept_beside_the_untagged_one(trained, tmp_path, c
     interp = [*small, "directions=interpolate", "endpoint=init"]
     tagged = ["analyze", str(trained), "--only", "landscape", "--tag", "interp"]
     tagged += [x for s in interp for x in ("--set", f"landscape.{s}")]
+    capsys.readouterr()
     assert main(tagged) == 0
+    assert f"results: {trained}/results (landscape-interp)" in capsys.readouterr().out
     body = json.loads((results / "landscape-interp.json").read_text())
     assert body["name"] == "landscape-interp" and body["meta"]["tag"] == "interp"
     assert body["values"]["interpolate"]["endpoint"] == "init"

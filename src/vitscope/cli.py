@@ -185,7 +185,7 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
         out, done = _analyze(args, str(device))
         main = dist_utils.is_main()
     if main:
-        print(f"results: {out}/results ({', '.join(done)})")
+        print(f"results: {out}/results ({', '.join(Path(p).stem for p in done.values())})")
     return 0
 
 
