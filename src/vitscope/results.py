@@ -112,17 +112,22 @@ class Result:
 TAG = re.compile(r"^[a-z0-9][a-z0-9_]*$")
 
 
-def result_name(analysis: str, tag: str | None = None) -> str:
-    """The name (file stem) of ``analysis``'s result saved under ``tag``: ``landscape-pca``
-    for tag ``pca``, the analysis name alone without one. A tag keeps a second result of an
-    analysis (other settings) beside the first."""
+def check_tag(tag: str | None) -> str | None:
+    """``tag`` if it can name a result (lower-case letters, digits, ``_``), None for none."""
     if tag is None or tag == "":
-        return analysis
+        return None
     if not TAG.match(tag):
         raise VitscopeError(
             f"--tag {tag!r}: use lower-case letters, digits and '_' (e.g. --tag pca)"
         )
-    return f"{analysis}-{tag}"
+    return tag
+
+
+def result_name(analysis: str, tag: str | None = None) -> str:
+    """The name (file stem) of ``analysis``'s result saved under ``tag``: ``landscape-pca``
+    for tag ``pca``, the analysis name alone without one. A tag keeps a second result of an
+    analysis (other settings) beside the first."""
+    return analysis if check_tag(tag) is None else f"{analysis}-{tag}"
 
 
 def analysis_of(name: str) -> str:
@@ -152,4 +157,5 @@ def config_dict(cfg: Any) -> dict:
     return plain(asdict(cfg) if is_dataclass(cfg) else dict(cfg))
 
 
-__all__ = ["TAG", "Result", "analysis_of", "config_dict", "result_name", "saved_names"]
+__all__ = ["TAG", "Result", "analysis_of", "check_tag", "config_dict", "result_name",
+           "saved_names"]  # fmt: skip

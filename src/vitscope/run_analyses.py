@@ -26,7 +26,7 @@ from .analyses.store import PartialStore
 from .config import ConfigError, from_dict, parse_overrides, to_dict
 from .errors import VitscopeError
 from .io import RunDir, writes_folder
-from .results import Result, config_dict, result_name
+from .results import Result, check_tag, config_dict, result_name
 
 
 def analysis_configs(names: Sequence[str], sets: Sequence[str] = (), device: str = "cpu") -> dict:
@@ -327,6 +327,7 @@ def analyze(
 
     device = str(dist_utils.init(device))
     rd = RunDir.existing(run_dir)
+    check_tag(tag)  # before anything loads
     record = _foreign_record(rd)
     if record is not None:  # analysed by name earlier: the same model, data and recipe again
         return analyze_foreign(
@@ -410,6 +411,7 @@ def analyze_foreign(
 
     names = parse_only(only)
     analysis_configs(names, sets, device)  # fail on bad values before loading anything
+    check_tag(tag)
     cfg = resolve(preset=preset, overrides={"data": {"name": data, "root": data_root,
                                                      "fraction": fraction}})  # fmt: skip
     test = load_split(cfg, train=False)
